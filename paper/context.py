@@ -1,0 +1,388 @@
+"""What a section template sees: artifacts, number formatting, figure and table numbering.
+
+Templates never type a number. They ask the context for it (``metric``, ``table``,
+``manifest``) and format it with ``pct`` / ``num`` / ``ci``. Figures and tables are
+emitted by ``figure`` / ``tbl``, which number them in document order and write the
+caption as plain text ("**Figure 2.** ..."), so every Markdown renderer prints the same
+thing. ``ref(label)`` gives "Figure 2" / "Table 3"; the document is rendered twice, so a
+reference may point forward.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from markupsafe import Markup
+
+from toolattn import paths
+
+
+class ReportError(RuntimeError):
+    """The report cannot be built; the message says what is wrong and what to run."""
+
+
+_REQUIRED = object()
+
+
+# --- files ---------------------------------------------------------------------------
+
+def complete(folder: Path) -> bool:
+    """An artifact folder counts only once both its result and its manifest exist."""
+    return (folder / "result.json").is_file() and (folder / "manifest.json").is_file()
+
+
+def show_path(path: Path) -> str:
+    """A path as a reader should see it: repo-relative when possible."""
+    try:
+        return str(Path(path).resolve().relative_to(paths.ROOT))
+    except ValueError:
+        return str(path)
+
+
+def artifact_name(path: Path) -> str:
+    """``artifacts/<profile>/<model>/<analysis>/<file>``, wherever the artifacts live."""
+    try:
+        return "artifacts/" + Path(path).relative_to(paths.artifacts_root()).as_posix()
+    except ValueError:
+        return show_path(path)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write via a temp file in the same folder + rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+# --- number formatting -----------------------------------------------------------------
+
+def value(m):
+    """The point value of a metric (``{"value", "lo", "hi", "n"}``) or the number itself."""
+    return m["value"] if isinstance(m, dict) else m
+
+
+def pct(m, lo=None, hi=None, digits=1) -> str:
+    """0.912 -> "91.2%"; a metric with a CI (or value, lo, hi) -> "91.2% [85.0, 95.1]"."""
+    if isinstance(m, dict):
+        m, lo, hi = m["value"], m.get("lo"), m.get("hi")
+    if m is None:
+        return "n/a"
+    text = f"{100 * float(m):.{digits}f}%"
+    if lo is not None and hi is not None:
+        text += f" [{100 * float(lo):.{digits}f}, {100 * float(hi):.{digits}f}]"
+    return text
+
+
+def ci(m, digits=None, as_pct=True) -> str:
+    """The 95% interval of a metric: "[85.0, 95.1]" (percent) or "[0.81, 0.92]"."""
+    scale = 100 if as_pct else 1
+    digits = (1 if as_pct else 2) if digits is None else digits
+    return f"[{scale * float(m['lo']):.{digits}f}, {scale * float(m['hi']):.{digits}f}]"
+
+
+def num(m, digits=2) -> str:
+    """Ints with thousands separators, floats to ``digits``, bools as yes/no, CI if any."""
+    if isinstance(m, dict):
+        text = num(m["value"], digits)
+        if m.get("lo") is not None and m.get("hi") is not None:
+            text += " " + ci(m, digits, as_pct=False)
+        return text
+    if m is None:
+        return "n/a"
+    if isinstance(m, bool):
+        return "yes" if m else "no"
+    if isinstance(m, int):
+        return f"{m:,}"
+    if isinstance(m, float):
+        return f"{m:,.{digits}f}"
+    return str(m)
+
+
+def secs(x) -> str:
+    x = float(value(x))
+    return f"{x:.2f} s" if x < 100 else f"{x / 60:.1f} min"
+
+
+def short(sha: str, n: int = 12) -> str:
+    return str(sha)[:n]
+
+
+_MD_SPECIAL = set("\\`*_[]<>$#|~^@{}")
+
+
+def md_escape(text) -> str:
+    """Plain text -> Markdown that prints exactly that text (no emphasis, math, citations)."""
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text).replace("\n", " "))
+
+
+def md(text) -> Markup:
+    """Mark text as Markdown that ``tbl`` must not escape."""
+    return Markup(text)
+
+
+def code(text) -> Markup:
+    return Markup(f"`{text}`")
+
+
+# --- tables from CSV ---------------------------------------------------------------------
+
+class Rows(list):
+    """CSV rows as dicts with numbers parsed; ``source`` is the file they came from."""
+
+    source: Path | None = None
+
+
+def _parse(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _cell(v) -> str:
+    if isinstance(v, Markup):
+        return str(v).replace("\n", " ")
+    return md_escape(num(v) if isinstance(v, (int, float, bool)) or v is None else v)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def pipe_table(rows: list[dict], columns: dict) -> str:
+    """A pipe table; numeric columns right-aligned; dash counts set relative widths."""
+    body = [[_cell(r.get(k, "")) for k in columns] for r in rows]
+    head = [md_escape(h) for h in columns.values()]
+    lines = ["| " + " | ".join(head) + " |"]
+    rule = []
+    for j, key in enumerate(columns):
+        width = max(3, min(40, max(len(x[j]) for x in [head, *body])))
+        right = rows and all(_is_number(r.get(key)) for r in rows)
+        rule.append("-" * width + ":" if right else ":" + "-" * width)
+    lines.append("|" + "|".join(rule) + "|")
+    lines += ["| " + " | ".join(x) + " |" for x in body]
+    return "\n".join(lines)
+
+
+def flatten(config, prefix="") -> dict:
+    """Nested config -> {"a.b": value}; long lists are summarised by their length."""
+    out = {}
+    for key, v in (config or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(v, dict):
+            out.update(flatten(v, name + "."))
+        elif isinstance(v, list):
+            simple = all(not isinstance(x, (dict, list)) for x in v)
+            out[name] = ", ".join(map(str, v)) if simple and len(v) <= 6 else f"{len(v)} items"
+        else:
+            out[name] = "yes" if v is True else "no" if v is False else str(v)
+    return out
+
+
+# --- the context -------------------------------------------------------------------------
+
+class Context:
+    """Artifacts of one profile, plus the numbering state of the document being built."""
+
+    def __init__(self, profile: str, build_dir: Path, claims: list[dict] | None = None,
+                 sources: dict | None = None):
+        self.profile = profile
+        self.build_dir = Path(build_dir)
+        self.claims_list = claims or []
+        self.sources = sources or {}  # claim source file -> display title
+        self._cache: dict = {}
+        self._labels: dict[str, str] = {}  # label -> "Figure 2", from the previous pass
+        self._seen: dict[str, str] = {}
+        self._counts = {"Figure": 0, "Table": 0}
+        self.final = False
+
+    # numbering
+    def start_pass(self, final: bool) -> None:
+        self._labels, self._seen = self._seen, {}
+        self._counts = {"Figure": 0, "Table": 0}
+        self.final = final
+
+    def _number(self, kind: str, label: str | None) -> int:
+        self._counts[kind] += 1
+        n = self._counts[kind]
+        label = label or f"{kind.lower()}-{n}"
+        if label in self._seen:
+            raise ReportError(f"figure/table label {label!r} is used twice")
+        self._seen[label] = f"{kind} {n}"
+        return n
+
+    def ref(self, label: str, default: str | None = None) -> str:
+        """"Figure 2" / "Table 3" for a label given to ``figure``/``tbl``."""
+        if label in self._labels:
+            return self._labels[label]
+        if default is not None:
+            return default
+        if self.final:
+            raise ReportError(f"reference to unknown figure/table label {label!r}")
+        return "??"
+
+    # artifacts
+    def folder(self, model: str, analysis: str) -> Path:
+        return paths.artifact_dir(self.profile, model, analysis)
+
+    def has(self, model: str, analysis: str) -> bool:
+        return complete(self.folder(model, analysis))
+
+    def _json(self, path: Path) -> dict:
+        if path not in self._cache:
+            try:
+                self._cache[path] = json.loads(path.read_text())
+            except FileNotFoundError:
+                raise ReportError(f"missing {show_path(path)}") from None
+            except json.JSONDecodeError as e:
+                raise ReportError(f"{show_path(path)} is not valid JSON ({e})") from None
+        return self._cache[path]
+
+    def result(self, model: str, analysis: str) -> dict:
+        return self._json(self.folder(model, analysis) / "result.json")
+
+    def manifest(self, model: str, analysis: str) -> dict:
+        return self._json(self.folder(model, analysis) / "manifest.json")
+
+    def metric(self, model: str, analysis: str, name: str, default=_REQUIRED):
+        """A metric of result.json; ``name`` may be a dotted path (``flip_rate.L11``)."""
+        node = self.result(model, analysis).get("metrics", {})
+        for key in name.split("."):
+            if not isinstance(node, dict) or key not in node:
+                if default is not _REQUIRED:
+                    return default
+                where = show_path(self.folder(model, analysis) / "result.json")
+                raise ReportError(f"metric {name!r} is not in {where}")
+            node = node[key]
+        return node
+
+    def table(self, model: str, analysis: str, name: str) -> Rows:
+        files = self.result(model, analysis).get("tables", {})
+        if name not in files:
+            where = show_path(self.folder(model, analysis) / "result.json")
+            raise ReportError(f"table {name!r} is not listed in {where}")
+        path = self.folder(model, analysis) / files[name]
+        if path not in self._cache:
+            try:
+                with path.open(newline="") as f:
+                    rows = Rows({k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f))
+            except FileNotFoundError:
+                raise ReportError(f"missing table file {show_path(path)}") from None
+            rows.source = path
+            self._cache[path] = rows
+        return self._cache[path]
+
+    def models(self, analysis: str) -> list[str]:
+        """Models with a complete folder for ``analysis`` in this profile."""
+        root = paths.artifacts_root() / self.profile
+        return sorted(p.parent.name for p in root.glob(f"*/{analysis}") if complete(p))
+
+    def runs(self) -> list[dict]:
+        """Every complete artifact folder of this profile, with its manifest."""
+        root = paths.artifacts_root() / self.profile
+        return [
+            {"model": p.parent.name, "analysis": p.name, "manifest": self.manifest(p.parent.name, p.name)}
+            for p in sorted(root.glob("*/*"))
+            if complete(p)
+        ]
+
+    # provenance helpers
+    def _index(self, field: str) -> list[dict]:
+        """(key, value) pairs of a manifest field across runs, with the runs that share them."""
+        seen: dict[tuple, list[str]] = {}
+        runs = self.runs()
+        for run in runs:
+            for k, v in (run["manifest"].get(field) or {}).items():
+                seen.setdefault((k, str(v)), []).append(f"{run['model']}/{run['analysis']}")
+        return [
+            {"name": k, "value": v, "used_by": "all runs" if len(by) == len(runs) > 1 else ", ".join(by)}
+            for (k, v), by in sorted(seen.items())
+        ]
+
+    def inputs(self, kind: str | None = None) -> list[dict]:
+        """Input files (sha256) of all runs; ``kind`` "data" (prompt sets, tool catalogs) or "model"."""
+        rows = self._index("inputs")
+        if kind is None:
+            return rows
+        is_data = lambda name: name.startswith("data/") or "/data/" in name or Path(name).suffix == ".json"
+        return [r for r in rows if is_data(r["name"]) == (kind == "data")]
+
+    def versions(self) -> list[dict]:
+        return self._index("versions")
+
+    def config_rows(self, analysis: str) -> list[dict]:
+        """One row per config setting of ``analysis``; one column per model."""
+        configs = {m: flatten(self.manifest(m, analysis).get("config")) for m in self.models(analysis)}
+        keys = sorted({k for c in configs.values() for k in c})
+        return [{"Setting": code(k), **{m: c.get(k, "") for m, c in configs.items()}} for k in keys]
+
+    def date(self) -> str:
+        """The newest manifest date, so an unchanged set of artifacts gives an unchanged paper."""
+        dates = sorted(str(r["manifest"].get("created", ""))[:10] for r in self.runs())
+        return dates[-1] if dates and dates[-1] else datetime.date.today().isoformat()
+
+    # figures and tables
+    def figure(self, model: str, analysis: str, name: str, label: str | None = None,
+               width: str = "80%", caption: str | None = None) -> str:
+        """Copy a figure of an artifact into the build and emit it with its number."""
+        info = self.result(model, analysis).get("figures", {}).get(name)
+        if info is None:
+            raise ReportError(f"figure {name!r} is not listed in "
+                              f"{show_path(self.folder(model, analysis) / 'result.json')}")
+        src = self.folder(model, analysis) / info["file"]
+        if not src.is_file():
+            raise ReportError(f"missing figure file {show_path(src)}")
+        dst = self.build_dir / "figures" / f"{model}--{analysis}--{Path(info['file']).name}"
+        write_atomic(dst, src.read_bytes())
+        n = self._number("Figure", label)
+        text = caption if caption is not None else info.get("caption", "")
+        return (f"![](figures/{dst.name}){{width={width}}}\n\n"
+                f"**Figure {n}.** {text} Model: `{model}`; source: `{artifact_name(src)}`.\n")
+
+    def tbl(self, rows, caption: str, label: str | None = None, columns=None,
+            limit: int | None = None, source=None) -> str:
+        """A numbered pipe table. ``rows``: list of dicts (e.g. from ``table``);
+        ``columns``: keys to show, or {key: header}; ``source``: the CSV (or its Rows)."""
+        source = getattr(source, "source", source) or getattr(rows, "source", None)
+        rows = list(rows)
+        if columns is None:
+            columns = list(rows[0]) if rows else []
+        if not isinstance(columns, dict):
+            columns = {c: c for c in columns}
+        n = self._number("Table", label)
+        shown = rows[:limit] if limit else rows
+        out = f"**Table {n}.** {caption}\n\n"
+        out += pipe_table(shown, columns) if rows else "_No rows._"
+        notes = []
+        if len(shown) < len(rows):
+            notes.append(f"Showing the first {len(shown):,} of {len(rows):,} rows.")
+        if source:
+            notes.append(f"Source: `{artifact_name(source)}`.")
+        return out + ("\n\n" + " ".join(notes) if notes else "") + "\n"
+
+    def namespace(self, section: dict) -> dict:
+        """Everything a template may call."""
+        from . import claims  # claims formats with this module's helpers
+
+        return dict(
+            profile=self.profile, section=section, requires=section.get("requires", []),
+            has=self.has, result=self.result, manifest=self.manifest, metric=self.metric,
+            table=self.table, models=self.models, runs=self.runs, inputs=self.inputs,
+            versions=self.versions, config_rows=self.config_rows,
+            figure=self.figure, tbl=self.tbl, ref=self.ref,
+            pct=pct, num=num, ci=ci, secs=secs, short=short, code=code, md=md, value=value,
+            claims=lambda: claims.evaluate(self, self.claims_list),
+            claims_summary=lambda: claims.summary(claims.evaluate(self, self.claims_list)),
+            claim_sources=lambda: {c["source"]: self.sources.get(c["source"], c["source"])
+                                   for c in self.claims_list},
+        )

@@ -1,0 +1,73 @@
+"""Artifacts are written atomically, the manifest marks a finished run, and runs resume from chunks."""
+
+import json
+
+import pytest
+
+from toolattn import artifacts
+from toolattn.artifacts import Run, load_profile, load_result
+
+
+@pytest.fixture
+def art(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLATTN_ARTIFACTS", str(tmp_path))
+    return tmp_path
+
+
+def test_run_writes_result_and_manifest(art):
+    with Run("fast", "m", "demo", {"n": 3}, {"data.json": "abc"}, seed=7) as run:
+        run.write_csv("table", [{"a": 1, "b": 2.5}])
+        run.result({"acc": {"value": 0.5, "lo": 0.4, "hi": 0.6, "n": 10}})
+    d = art / "fast" / "m" / "demo"
+    man = json.loads((d / "manifest.json").read_text())
+    assert man["config"] == {"n": 3} and man["inputs"] == {"data.json": "abc"} and man["seed"] == 7
+    assert {"git_sha", "git_dirty", "versions", "device", "dtype", "wall_time_s"} <= set(man)
+    assert "torch" in man["versions"]
+    assert load_result("fast", "m", "demo")["tables"] == {"table": "table.csv"}
+    assert (d / "table.csv").read_text().splitlines() == ["a,b", "1,2.5"]
+    assert not list(d.glob(".*.tmp"))
+
+
+def test_failed_run_leaves_no_manifest(art):
+    with pytest.raises(RuntimeError):
+        with Run("fast", "m", "demo", {}, {}) as run:
+            run.result({"x": 1})
+            raise RuntimeError("interrupted")
+    assert not (art / "fast" / "m" / "demo" / "manifest.json").exists()
+    with pytest.raises(FileNotFoundError, match="make fast"):
+        load_result("fast", "m", "demo")
+
+
+def test_rerun_resumes_from_chunks(art):
+    calls = []
+
+    def work(i):
+        calls.append(i)
+        return {"i": i}
+
+    with pytest.raises(KeyboardInterrupt):
+        with Run("fast", "m", "demo", {"k": 1}, {}) as run:
+            run.chunk("c0", lambda: work(0))
+            raise KeyboardInterrupt
+    with Run("fast", "m", "demo", {"k": 1}, {}) as run:
+        assert run.chunk("c0", lambda: work(0)) == {"i": 0}
+        run.chunk("c1", lambda: work(1))
+        run.result({})
+    assert calls == [0, 1]
+    with Run("fast", "m", "demo", {"k": 2}, {}) as run:  # a changed config does not reuse chunks
+        run.chunk("c0", lambda: work(0))
+        run.result({})
+    assert calls == [0, 1, 0]
+
+
+def test_atomic_write_replaces(tmp_path):
+    p = tmp_path / "x.json"
+    artifacts.write_json(p, {"a": 1})
+    artifacts.write_json(p, {"a": 2})
+    assert json.loads(p.read_text()) == {"a": 2} and len(list(tmp_path.iterdir())) == 1
+
+
+def test_profiles():
+    assert load_profile("fast")["baseline"]["n_per_tool"] < load_profile("full")["baseline"]["n_per_tool"]
+    with pytest.raises(KeyError, match="known profiles"):
+        load_profile("nope")

@@ -1,0 +1,48 @@
+"""The batched, prefix-cached engine equals a naive full forward; generation equals HF greedy decoding."""
+
+import pytest
+import torch
+
+from toolattn.scoring import ToolChoiceEngine, naive_choice
+
+# Long enough that prompts exceed the tiny Gemma3 sliding window (32 tokens) several times over.
+REQUESTS = [
+    "What's the weather in Paris today?",
+    "Look up the history of the Eiffel tower on the web, I need it for homework and a lot more detail",
+    "hi",
+    "Open notes.txt and show me what it says",
+    "Translate 'good night' into Spanish",
+]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_engine_equals_naive(tiny, tools, batch_size):
+    engine = ToolChoiceEngine(tiny, batch_size=batch_size, progress=False)
+    got = engine.score(REQUESTS, tools)
+    for r, g in zip(REQUESTS, got):
+        ref = naive_choice(tiny, r, tools)
+        for name in ref.logprobs:
+            assert abs(ref.logprobs[name] - g.logprobs[name]) < 1e-4, (tiny.name, r, name)
+        assert abs(ref.p_tool - g.p_tool) < 1e-4
+        assert ref.choice == g.choice
+
+
+def test_generation_equals_hf_greedy(tiny, tools):
+    engine = ToolChoiceEngine(tiny, batch_size=3, progress=False)
+    got = engine.generate(REQUESTS[:3], tools, max_new_tokens=6, return_ids=True)
+    for r, ids_got in zip(REQUESTS[:3], got):
+        f = engine.formatter.format(r, tools)
+        ids = torch.tensor([f.input_ids[: f.prompt_len]])
+        with torch.inference_mode():
+            out = tiny.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                      pad_token_id=0)
+        ref = out[0, ids.shape[1]:].tolist()
+        assert len(ids_got) >= 1 and ids_got == ref[: len(ids_got)], (tiny.name, r)
+
+
+def test_prefix_mismatch_is_an_error(tiny, tools):
+    engine = ToolChoiceEngine(tiny, batch_size=2, progress=False)
+    fs = engine.format(REQUESTS[:1], tools) + engine.format(REQUESTS[:1], tools[::-1])
+    prefix = engine.prefix(tools, fs[0])
+    with pytest.raises(ValueError, match="prefix"):
+        engine._score_batch(fs, prefix, tools, [[1]] * len(tools), [0])

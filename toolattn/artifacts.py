@@ -1,0 +1,184 @@
+"""Versioned artifacts: ``artifacts/<profile>/<model>/<analysis>/``.
+
+A finished folder holds ``result.json`` (key numbers, and the names of its tables and
+figures), CSV tables, PNG figures and ``manifest.json`` (git sha + dirty flag, resolved config,
+sha256 of every input, library versions, device, dtype, seed, wall time). Every file is
+written to a temporary name and renamed, and ``manifest.json`` is written last: a folder
+without it is unfinished. Long analyses save finished chunks under ``chunks/`` and a re-run
+resumes from them.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import platform
+import subprocess
+import time
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+from . import paths
+
+LIBRARIES = ["torch", "transformers", "numpy", "scipy", "scikit-learn", "nnsight", "tokenizers", "matplotlib"]
+
+
+def load_profile(name: str) -> dict:
+    """One profile from ``toolattn/profiles.toml`` (sizes, batch sizes, seeds)."""
+    profiles = tomllib.loads(paths.PROFILES_FILE.read_text())
+    if name not in profiles:
+        raise KeyError(f"unknown profile {name!r}; known profiles: {', '.join(profiles)}")
+    return profiles[name]
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write(path, buf.getvalue())
+
+
+def save_figure(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip("."), dpi=150, bbox_inches="tight")
+    atomic_write(path, buf.getvalue())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_state() -> tuple[str, bool]:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=paths.ROOT,
+                                    capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+    return sha, dirty
+
+
+def code_hash(analysis: str) -> str:
+    """sha256 over the library sources and the analysis module."""
+    h = hashlib.sha256()
+    files = sorted((paths.ROOT / "toolattn").glob("*.py")) + [paths.ROOT / "analyses" / f"{analysis}.py"]
+    for f in files:
+        if f.exists():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Run:
+    """One analysis run writing one artifact folder.
+
+    >>> with Run("fast", "qwen2.5-coder-1.5b", "baseline", config, inputs) as run:
+    ...     part = run.chunk("scores-0", lambda: compute())   # resumed if already saved
+    ...     run.write_csv("per_tool", rows); run.result(metrics=...)
+    """
+
+    def __init__(self, profile: str, model: str, analysis: str, config: dict, inputs: dict[str, str],
+                 seed: int = 0):
+        self.dir = paths.artifact_dir(profile, model, analysis)
+        self.profile, self.model, self.analysis = profile, model, analysis
+        self.config, self.inputs, self.seed = config, dict(inputs), seed
+        self.tables: dict[str, str] = {}
+        self.figures: dict[str, dict] = {}
+        self._result: dict | None = None
+
+    def __enter__(self):
+        self.t0 = time.time()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stale = self.dir / "manifest.json"
+        if stale.exists():  # a re-run: the folder is unfinished until the new manifest lands
+            stale.unlink()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            if self._result is None:
+                raise RuntimeError(f"{self.analysis}: no result was written")
+            write_json(self.dir / "result.json", self._result)
+            sha, dirty = git_state()
+            write_json(self.dir / "manifest.json", {
+                "analysis": self.analysis, "model": self.model, "profile": self.profile,
+                "git_sha": sha, "git_dirty": dirty, "config": self.config, "inputs": self.inputs,
+                "versions": versions(), "device": "cpu", "dtype": "float32", "seed": self.seed,
+                "wall_time_s": round(time.time() - self.t0, 2),
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            })
+        return False
+
+    def chunk(self, name: str, compute):
+        """Return a saved chunk, or compute it (a JSON-able object) and save it.
+
+        Chunks are keyed by the config, the inputs and the code, so a changed analysis never
+        resumes from stale parts.
+        """
+        key = hashlib.sha256(json.dumps([self.config, self.inputs, code_hash(self.analysis)],
+                                        sort_keys=True).encode()).hexdigest()[:12]
+        path = self.dir / "chunks" / f"{name}.{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        value = compute()
+        write_json(path, value)
+        return value
+
+    def write_csv(self, name: str, rows: list[dict]) -> None:
+        write_csv(self.dir / f"{name}.csv", rows)
+        self.tables[name] = f"{name}.csv"
+
+    def save_figure(self, name: str, fig, caption: str) -> None:
+        save_figure(fig, self.dir / f"{name}.png")
+        self.figures[name] = {"file": f"{name}.png", "caption": caption}
+
+    def result(self, metrics: dict, **extra) -> None:
+        self._result = {"analysis": self.analysis, "model": self.model, "profile": self.profile,
+                        "metrics": metrics, "tables": self.tables, "figures": self.figures, **extra}
+
+
+def load_result(profile: str, model: str, analysis: str) -> dict:
+    d = paths.artifact_dir(profile, model, analysis)
+    if not (d / "manifest.json").exists():
+        raise FileNotFoundError(f"no finished artifact at {d}; run `make {profile}`")
+    return json.loads((d / "result.json").read_text())

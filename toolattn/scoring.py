@@ -1,0 +1,277 @@
+"""The tool-choice engine: forced choice, P(tool), and free generation, on a shared prefix.
+
+Every request with the same tool list shares the tokens of the tool block, so their keys and
+values are computed once (``PrefixCache``) and broadcast to a batch of requests. A batch is one
+forward pass over ``[request suffix (right-padded) | all candidate names, packed]``: each
+candidate's tokens attend to the shared context and to their own earlier tokens only (a tree
+mask), so all candidates of all requests are scored together without copying the cache per
+candidate. Positions and masks are explicit (sliding-window layers included), and logits are
+computed only at the positions that are read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .models import LoadedModel
+from .prompts import Formatted, PromptFormatter
+from .tools import Tool
+
+
+@dataclass
+class Choice:
+    """The engine's reading of one request."""
+
+    request: str
+    logprobs: dict[str, float]  # candidate tool -> summed token log-probability of its name
+    p_tool: float  # P(first reply token opens a call)
+    p_other: float = 0.0  # the largest probability of any first reply token that does not open a call
+
+    @property
+    def decides_tool(self) -> bool:
+        """Greedy reading of the decision: opening a call beats every other first token."""
+        return self.p_tool > self.p_other
+
+    @property
+    def choice(self) -> str:
+        return max(self.logprobs, key=self.logprobs.get)
+
+
+def decoder_parts(model):
+    """``(decoder, lm_head, final_softcap)`` of a causal LM."""
+    cfg = getattr(model.config, "text_config", model.config)
+    return model.model, model.lm_head, getattr(cfg, "final_logit_softcapping", None)
+
+
+def layer_types(model) -> list[str]:
+    cfg = getattr(model.config, "text_config", model.config)
+    return list(getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers)
+
+
+def build_masks(model, q_pos, k_pos, k_valid, q_group=None, k_group=None) -> dict:
+    """Boolean attention masks ``[batch, 1, queries, keys]`` per layer type.
+
+    A query may see a key that is valid, not in its future, inside the sliding window for
+    sliding layers, and in the shared context (group 0) or its own group (packed candidates).
+    """
+    cfg = getattr(model.config, "text_config", model.config)
+    allowed = k_valid[:, None, :] & (k_pos[:, None, :] <= q_pos[:, :, None])
+    if q_group is not None:
+        allowed &= (k_group[:, None, :] == 0) | (k_group[:, None, :] == q_group[:, :, None])
+    masks = {}
+    for kind in set(layer_types(model)):
+        m = allowed
+        if kind == "sliding_attention":
+            m = m & ((q_pos[:, :, None] - k_pos[:, None, :]) < cfg.sliding_window)
+        masks[kind] = m[:, None]
+    return masks
+
+
+class PrefixCache:
+    """Keys/values of the shared tool-block prefix, computed once per tool list."""
+
+    def __init__(self, model, ids: list[int]):
+        from transformers import DynamicCache
+
+        self.ids = ids
+        decoder, _, _ = decoder_parts(model)
+        n = len(ids)
+        cache = DynamicCache()
+        pos = torch.arange(n)[None]
+        masks = build_masks(model, pos, pos, torch.ones(1, n, dtype=torch.bool))
+        with torch.inference_mode():
+            decoder(input_ids=torch.tensor([ids]), attention_mask=masks, position_ids=pos,
+                    past_key_values=cache, use_cache=True)
+        self.kv = [(layer.keys, layer.values) for layer in cache.layers]  # each [1, kv_heads, n, head_dim]
+
+    def expand(self, batch: int):
+        """A fresh cache holding the prefix for ``batch`` rows."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(self.kv):
+            cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), i)
+        return cache
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class ToolChoiceEngine:
+    """Scores tool choices for batches of requests against one tool list at a time."""
+
+    def __init__(self, lm: LoadedModel, batch_size: int = 16, progress: bool = True):
+        self.lm = lm
+        self.model = lm.model
+        self.formatter = PromptFormatter(lm.tokenizer, lm.spec.prompt_format, lm.spec.family)
+        self.batch_size = batch_size
+        self.progress = progress
+        self._prefix_key, self._prefix = None, None
+        self.tokens_processed = 0  # query tokens through the decoder (for FLOP accounting)
+
+    def prefix(self, tools: list[Tool], sample: Formatted) -> PrefixCache:
+        key = tuple(t.name for t in tools)
+        if self._prefix_key != key:
+            self._prefix = PrefixCache(self.model, sample.input_ids[: sample.prefix_len])
+            self._prefix_key = key
+            self.tokens_processed += sample.prefix_len
+        return self._prefix
+
+    def format(self, requests: list[str], tools: list[Tool]) -> list[Formatted]:
+        return [self.formatter.format(r, tools) for r in requests]
+
+    # -- forced choice and P(tool) -------------------------------------------------------------
+
+    def score(self, requests: list[str], tools: list[Tool], desc: str = "scoring") -> list[Choice]:
+        formatted = self.format(requests, tools)
+        prefix = self.prefix(tools, formatted[0])
+        cands = [self.formatter.candidate_ids(formatted[0], t.name) for t in tools]
+        open_ids = self.formatter.call_open_ids()
+        out: list[Choice] = []
+        bar = tqdm(total=len(formatted), desc=desc, unit="req", disable=not self.progress)
+        for b0 in range(0, len(formatted), self.batch_size):
+            batch = formatted[b0 : b0 + self.batch_size]
+            out += self._score_batch(batch, prefix, tools, cands, open_ids)
+            bar.update(len(batch))
+        bar.close()
+        return out
+
+    def _score_batch(self, batch: list[Formatted], prefix: PrefixCache, tools, cands, open_ids) -> list[Choice]:
+        P, B = len(prefix), len(batch)
+        for f in batch:
+            if f.input_ids[:P] != prefix.ids:
+                raise ValueError("a request does not share the tool-block prefix; format them with the same tool list")
+        suffixes = [f.input_ids[P:] for f in batch]
+        S = max(len(s) for s in suffixes)
+        packed = [(c, k) for c, ids in enumerate(cands) for k in range(len(ids) - 1)]
+        T = len(packed)
+        inp = torch.zeros(B, S + T, dtype=torch.long)
+        q_pos = torch.zeros(B, S + T, dtype=torch.long)
+        q_valid = torch.zeros(B, S + T, dtype=torch.bool)
+        q_group = torch.zeros(B, S + T, dtype=torch.long)
+        for b, s in enumerate(suffixes):
+            n = len(s)
+            inp[b, :n] = torch.tensor(s)
+            q_pos[b, :S] = P + torch.arange(S)
+            q_valid[b, :n] = True
+            for j, (c, k) in enumerate(packed):
+                inp[b, S + j] = cands[c][k]
+                q_pos[b, S + j] = P + n + k  # candidate token k sits right after the call prefix
+                q_group[b, S + j] = c + 1
+            q_valid[b, S:] = True
+        k_pos = torch.cat([torch.arange(P).expand(B, P), q_pos], 1)
+        k_valid = torch.cat([torch.ones(B, P, dtype=torch.bool), q_valid], 1)
+        k_group = torch.cat([torch.zeros(B, P, dtype=torch.long), q_group], 1)
+        masks = build_masks(self.model, q_pos, k_pos, k_valid, q_group, k_group)
+
+        decoder, head, softcap = decoder_parts(self.model)
+        with torch.inference_mode():
+            h = decoder(input_ids=inp, attention_mask=masks, position_ids=q_pos,
+                        past_key_values=prefix.expand(B), use_cache=True).last_hidden_state
+            reply = torch.tensor([f.reply_position - P for f in batch])
+            decision = torch.tensor([f.decision_position - P for f in batch])
+            rows = torch.arange(B)
+            read = torch.cat([h[rows, reply][:, None], h[rows, decision][:, None], h[:, S:]], 1)  # [B, 2+T, H]
+            logits = head(read).float()
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            logp = torch.log_softmax(logits, -1)
+        self.tokens_processed += int(q_valid.sum())
+        probs = logp[:, 0].exp()
+        p_tool = probs[:, open_ids].sum(-1)
+        probs[:, open_ids] = 0
+        p_other = probs.max(-1).values
+        scores = logp[:, 1, [c[0] for c in cands]].clone()  # first name token, [B, C]
+        for j, (c, k) in enumerate(packed):
+            scores[:, c] += logp[:, 2 + j, cands[c][k + 1]]
+        return [Choice(f.text, {t.name: float(scores[b, i]) for i, t in enumerate(tools)}, float(p_tool[b]),
+                       float(p_other[b])) for b, f in enumerate(batch)]
+
+    # -- free generation -----------------------------------------------------------------------
+
+    def generate(self, requests: list[str], tools: list[Tool], max_new_tokens: int = 32,
+                 desc: str = "generating", return_ids: bool = False) -> list[str] | list[list[int]]:
+        """Greedy continuations of the prompts (without the call prefix), decoded to text (or token ids)."""
+        formatted = self.format(requests, tools)
+        prefix = self.prefix(tools, formatted[0])
+        stop = {i for i in [self.lm.tokenizer.eos_token_id] if i is not None}
+        stop |= {self.lm.tokenizer.convert_tokens_to_ids(t) for t in ["</tool_call>", "<|im_end|>", "<end_of_turn>"]
+                 if t in self.lm.tokenizer.get_vocab()}
+        texts: list = []
+        bar = tqdm(total=len(formatted), desc=desc, unit="req", disable=not self.progress)
+        for b0 in range(0, len(formatted), self.batch_size):
+            batch = formatted[b0 : b0 + self.batch_size]
+            texts += self._generate_batch(batch, prefix, max_new_tokens, stop)
+            bar.update(len(batch))
+        bar.close()
+        return texts if return_ids else [self.lm.tokenizer.decode(t, skip_special_tokens=False) for t in texts]
+
+    def _generate_batch(self, batch, prefix: PrefixCache, max_new: int, stop: set) -> list[str]:
+        P, B = len(prefix), len(batch)
+        suffixes = [f.input_ids[P : f.prompt_len] for f in batch]
+        S = max(len(s) for s in suffixes)
+        inp = torch.zeros(B, S, dtype=torch.long)
+        q_valid = torch.zeros(B, S, dtype=torch.bool)
+        for b, s in enumerate(suffixes):
+            inp[b, : len(s)] = torch.tensor(s)
+            q_valid[b, : len(s)] = True
+        q_pos = (P + torch.arange(S)).expand(B, S).clone()
+        k_pos = torch.cat([torch.arange(P).expand(B, P), q_pos], 1)
+        k_valid = torch.cat([torch.ones(B, P, dtype=torch.bool), q_valid], 1)
+        lengths = torch.tensor([len(s) for s in suffixes])
+        decoder, head, _ = decoder_parts(self.model)
+        cache = prefix.expand(B)
+        out = [[] for _ in range(B)]
+        text_format = self.formatter.prompt_format == "text"  # a reply is one line
+        done = torch.zeros(B, dtype=torch.bool)
+        with torch.inference_mode():
+            h = decoder(input_ids=inp, attention_mask=build_masks(self.model, q_pos, k_pos, k_valid),
+                        position_ids=q_pos, past_key_values=cache, use_cache=True).last_hidden_state
+            last = h[torch.arange(B), lengths - 1]
+            for step in range(max_new):
+                nxt = head(last).argmax(-1)
+                for b in range(B):
+                    if not done[b]:
+                        out[b].append(int(nxt[b]))
+                        done[b] = int(nxt[b]) in stop or (text_format and "\n" in self.lm.tokenizer.decode(out[b]).strip(" "))
+                if bool(done.all()) or step == max_new - 1:
+                    break
+                pos = (P + lengths + step)[:, None]
+                k_pos = torch.cat([k_pos, pos], 1)
+                k_valid = torch.cat([k_valid, torch.ones(B, 1, dtype=torch.bool)], 1)
+                h = decoder(input_ids=nxt[:, None], attention_mask=build_masks(self.model, pos, k_pos, k_valid),
+                            position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+                last = h[:, 0]
+        self.tokens_processed += int(q_valid.sum()) + sum(len(o) for o in out)
+        return out
+
+
+def naive_choice(lm: LoadedModel, request: str, tools: list[Tool]) -> Choice:
+    """Reference: one full forward per candidate over the whole prompt (no cache, default masks)."""
+    fm = PromptFormatter(lm.tokenizer, lm.spec.prompt_format, lm.spec.family)
+    f = fm.format(request, tools)
+    logprobs = {}
+    with torch.inference_mode():
+        p_tool = None
+        for t in tools:
+            ids = f.input_ids + fm.candidate_ids(f, t.name)
+            logits = lm.model(input_ids=torch.tensor([ids])).logits[0].float()
+            logp = torch.log_softmax(logits, -1)
+            n = len(f.input_ids)
+            logprobs[t.name] = float(sum(logp[i - 1, ids[i]] for i in range(n, len(ids))))
+            if p_tool is None:
+                p_tool = float(logp[f.reply_position, fm.call_open_ids()].exp().sum())
+    return Choice(f.text, logprobs, p_tool)
+
+
+def flops_per_token(model) -> float:
+    """Approximate forward FLOPs per token from the non-embedding weight matrices (2 x params)."""
+    n = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name)
+    return 2.0 * n
+
+
+__all__ = ["Choice", "ToolChoiceEngine", "PrefixCache", "naive_choice", "build_masks", "flops_per_token"]
