@@ -107,10 +107,10 @@ def criterion(rule: dict, reported, unit: str) -> str:
         return "≤ " + show(rule.get("threshold", reported), unit)
     if kind == "close":
         tol = rule["tol"]
-        return f"± {round(100 * tol, 1):g} pp" if unit == "fraction" else f"± {num(tol)}"
+        return f"± {round(100 * tol, 1):g} pp" if unit == "fraction" else f"± {show(tol, unit)}"
     if kind == "same_layer":
         return " or ".join(show(x, "layer") for x in rule.get("layers", [reported]))
-    return "= " + show(reported, unit)
+    return "exactly " + show(reported, unit)
 
 
 def measure(ctx, claim: dict):

@@ -3,8 +3,8 @@
 Templates never type a number. They ask the context for it (``metric``, ``table``,
 ``manifest``) and format it with ``pct`` / ``num`` / ``ci``. Figures and tables are
 emitted by ``figure`` / ``tbl``, which number them in document order and write the
-caption as plain text ("**Figure 2.** ..."), so every Markdown renderer prints the same
-thing. ``ref(label)`` gives "Figure 2" / "Table 3"; the document is rendered twice, so a
+number into the caption text ("**Figure 2.** ..."); no renderer numbers anything, so
+every one prints the same thing. ``ref(label)`` gives "Figure 2" / "Table 3"; the document is rendered twice, so a
 reference may point forward.
 """
 
@@ -59,6 +59,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     with os.fdopen(fd, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; these are meant to be read
     os.replace(tmp, path)
 
 
@@ -141,6 +142,9 @@ class Rows(list):
 
 
 def _parse(text: str):
+    """CSV text -> int / float / str. Padded text (" 1000", a model's reply) stays text."""
+    if text != text.strip():
+        return text
     for kind in (int, float):
         try:
             return kind(text)
@@ -152,16 +156,27 @@ def _parse(text: str):
 def _cell(v) -> str:
     if isinstance(v, Markup):
         return str(v).replace("\n", " ")
-    return md_escape(num(v) if isinstance(v, (int, float, bool)) or v is None else v)
+    text = md_escape(num(v) if isinstance(v, (int, float, bool)) or v is None else v)
+    # pandoc's typst writer does not escape a cell that opens like a heading or list item
+    return "\u200b" + text if text[:2] in ("= ", "+ ", "- ", "/ ") else text
 
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def pipe_table(rows: list[dict], columns: dict) -> str:
-    """A pipe table; numeric columns right-aligned; dash counts set relative widths."""
-    body = [[_cell(r.get(k, "")) for k in columns] for r in rows]
+def _clip(v, n: int | None):
+    """Shorten long free text (model replies) to n characters."""
+    if n and isinstance(v, str) and not isinstance(v, Markup):
+        v = " ".join(v.split())
+        return v if len(v) <= n else v[: n - 1].rstrip() + "…"
+    return v
+
+
+def pipe_table(rows: list[dict], columns: dict, clip: int | None = None) -> str:
+    """A pipe table; numeric columns right-aligned; dashes follow the content width
+    (pandoc reads them as relative widths only for tables wider than --columns)."""
+    body = [[_cell(_clip(r.get(k, ""), clip)) for k in columns] for r in rows]
     head = [md_escape(h) for h in columns.values()]
     lines = ["| " + " | ".join(head) + " |"]
     rule = []
@@ -346,13 +361,15 @@ class Context:
         write_atomic(dst, src.read_bytes())
         n = self._number("Figure", label)
         text = caption if caption is not None else info.get("caption", "")
-        return (f"![](figures/{dst.name}){{width={width}}}\n\n"
-                f"**Figure {n}.** {text} Model: `{model}`; source: `{artifact_name(src)}`.\n")
+        text = " ".join(text.split()).replace("[", "\\[").replace("]", "\\]")  # inside ![...]
+        return (f"![**Figure {n}.** {text} Model: `{model}`; source: `{artifact_name(src)}`.]"
+                f"(figures/{dst.name}){{width={width}}}\n")
 
     def tbl(self, rows, caption: str, label: str | None = None, columns=None,
-            limit: int | None = None, source=None) -> str:
+            limit: int | None = None, clip: int | None = None, source=None) -> str:
         """A numbered pipe table. ``rows``: list of dicts (e.g. from ``table``);
-        ``columns``: keys to show, or {key: header}; ``source``: the CSV (or its Rows)."""
+        ``columns``: keys to show, or {key: header}; ``limit``: at most this many rows;
+        ``clip``: shorten text cells to this many characters; ``source``: the CSV (or its Rows)."""
         source = getattr(source, "source", source) or getattr(rows, "source", None)
         rows = list(rows)
         if columns is None:
@@ -361,14 +378,15 @@ class Context:
             columns = {c: c for c in columns}
         n = self._number("Table", label)
         shown = rows[:limit] if limit else rows
-        out = f"**Table {n}.** {caption}\n\n"
-        out += pipe_table(shown, columns) if rows else "_No rows._"
-        notes = []
+        text = [f"**Table {n}.**", " ".join(caption.split())]
         if len(shown) < len(rows):
-            notes.append(f"Showing the first {len(shown):,} of {len(rows):,} rows.")
+            text.append(f"First {len(shown):,} of {len(rows):,} rows.")
         if source:
-            notes.append(f"Source: `{artifact_name(source)}`.")
-        return out + ("\n\n" + " ".join(notes) if notes else "") + "\n"
+            text.append(f"Source: `{artifact_name(source)}`.")
+        if not rows:
+            return " ".join(text) + "\n\n_No rows._\n"
+        # "Table: ..." after a pipe table is its caption (HTML <caption>, typst figure caption)
+        return pipe_table(shown, columns, clip) + "\n\nTable: " + " ".join(text) + "\n"
 
     def namespace(self, section: dict) -> dict:
         """Everything a template may call."""

@@ -145,6 +145,8 @@ def run(cmd: list[str], cwd: Path, what: str) -> None:
     if r.returncode != 0:
         last = (r.stderr.strip() or r.stdout.strip() or "no output").splitlines()[-1]
         raise ReportError(f"{what} failed on {show_path(cwd / 'report.qmd')}: {last}")
+    for line in r.stderr.strip().splitlines():  # warnings, e.g. a resource it could not embed
+        print(f"report: {what}: {line}", file=sys.stderr)
 
 
 def render_quarto(exe: str, build: Path, fmt: str) -> Path:
@@ -165,7 +167,8 @@ def render_pandoc(build: Path, fmt: str) -> Path:
 
     pandoc = pypandoc.get_pandoc_path()
     common = ["report.qmd", "--from", "markdown", "--standalone", "--toc", "--toc-depth=2",
-              "--number-sections"]
+              "--number-sections", "--wrap=none",
+              "--columns=10000"]  # tables: natural column widths, never pandoc's relative ones
     if fmt == "html":
         out = build / "report.html"
         part = f".{out.name}.part"

@@ -18,3 +18,14 @@ def test_non_calls():
 def test_opening():
     assert [opening(s) for s in ["<tool_call>x", "```json", "{", " CALL x", "Hello"]] == [
         "tool_call", "fence", "json", "call", "text"]
+
+
+def test_reply_decided():
+    from toolattn.parsing import reply_decided
+
+    assert reply_decided("The sky")  # plain text: no call can follow
+    assert not reply_decided("``")  # could still become a fence
+    assert not reply_decided('```json\n{\n  "name": "get_wea')
+    assert reply_decided('```json\n{\n  "name": "get_weather"')
+    assert not reply_decided(" CALL get_weather") and reply_decided(" CALL get_weather\n")
+    assert reply_decided("<tool_call>\n{\"name\": \"x\"")

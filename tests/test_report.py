@@ -26,11 +26,11 @@ from paper.context import Context, ReportError, num, pct  # noqa: E402
 
 MODEL, OTHER = "qwen2.5-coder-1.5b", "gemma-3-270m"
 TOOLS = ["get_weather", "send_email", "run_code", "translate_text"]
-REQUESTS = [  # text with Markdown / Typst specials must come out verbatim
-    ("get_weather", "Will it rain in Oslo tomorrow?", "get_weather"),
-    ("send_email", "Email bob@example.com that the report is late", "send_email"),
-    ("run_code", "Compute sum(x*x for x in range(10)) for me", "run_code"),
-    ("translate_text", "Convert $20 to euros and say it in German", "run_code"),
+REQUESTS = [  # id, category, gold, forced, reply; replies with Markdown / Typst specials
+    ("get_weather/001", "tool", "get_weather", "get_weather", "CALL get_weather"),
+    ("send_email/002", "tool", "send_email", "get_calendar", "Tell @alice the *report* is late"),
+    ("translate_text/003", "tool", "translate_text", "run_code", "Convert $20: `print(20*0.9)`"),
+    ("none/factual/004", "factual", "", "get_weather", "Gravity pulls masses together."),
 ]
 
 
@@ -54,9 +54,9 @@ def write_baseline(artifacts: Path, model: str = MODEL, profile: str = "fast") -
             w.writerow([tool, 20, 0.95 - 0.05 * i, 0.80 - 0.05 * i, 1.0, 0.9 - 0.1 * i, 0.7 - 0.1 * i, 0.99])
     with open(folder / "requests.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["id", "request", "expected", "forced_choice", "forced_correct"])
-        for i, (tool, text, chosen) in enumerate(REQUESTS):
-            w.writerow([i, text, tool, chosen, chosen == tool])
+        w.writerow(["id", "category", "gold", "forced", "p_tool", "reply", "generated"])
+        for rid, category, gold, forced, reply in REQUESTS:
+            w.writerow([rid, category, gold, forced, 0.5, reply + "\n\n", forced if gold else ""])
     fig, ax = plt.subplots(figsize=(3, 3))
     ax.imshow([[9, 1, 0, 0], [0, 10, 0, 0], [0, 0, 10, 0], [0, 0, 2, 8]], cmap="Blues")
     ax.set(xticks=range(4), yticks=range(4), xticklabels=TOOLS, yticklabels=TOOLS)
@@ -163,8 +163,11 @@ def test_html_has_every_table_row(built):
         row = row_with(built.html, f"<code>{r['tool']}</code>")
         assert pct(float(r["forced_acc"]), float(r["forced_lo"]), float(r["forced_hi"])) in row
         assert pct(float(r["gen_acc"]), float(r["gen_lo"]), float(r["gen_hi"])) in row
-    for _, text, _ in REQUESTS:  # $, @, * and () survive both Markdown and HTML
-        assert text in row_with(built.html, text)
+    for rid, _, gold, forced, reply in REQUESTS:  # only misrouted tool requests are listed
+        if gold and forced != gold:
+            assert reply in row_with(built.html, rid)  # $, @, * and ` survive Markdown and HTML
+        else:
+            assert rid not in built.html
     assert row_with(built.html, "data/prompts.json")  # methods: prompt-set hashes
     assert row_with(built.html, "requests_per_tool")  # methods: profile config
 
@@ -241,6 +244,25 @@ def test_cli_strict_prints_one_line(artifacts, capsys):
     assert len(err.splitlines()) == 1 and "gemma-3-270m/baseline" in err and "make fast" in err
 
 
+def test_quarto_is_used_when_quarto_path_is_set(artifacts, monkeypatch):
+    """A stand-in quarto records its arguments and writes into --output-dir; the build
+    must move each output into place and leave no scratch folder behind."""
+    fake = artifacts / "quarto"
+    fake.write_text(f"#!{sys.executable}\n"
+                    "import pathlib, sys\n"
+                    "a = sys.argv[1:]\n"
+                    "assert a[:2] == ['render', 'report.qmd'], a\n"
+                    "to, out = a[a.index('--to') + 1], pathlib.Path(a[a.index('--output-dir') + 1])\n"
+                    "(out / ('report.html' if to == 'html' else 'report.pdf')).write_text('quarto ' + to)\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("QUARTO_PATH", str(fake))
+    lines = []
+    out = render.build("fast", to=("html", "pdf"), log=lines.append)
+    assert out["html"].read_text() == "quarto html" and out["pdf"].read_text() == "quarto typst"
+    assert any("via quarto" in line for line in lines)
+    assert not list(out["qmd"].parent.glob(".quarto-*"))
+
+
 # --- pieces --------------------------------------------------------------------------------
 
 def test_references_resolve_forward_and_fail_when_unknown(tmp_path):
@@ -289,8 +311,8 @@ def test_claims_file_covers_the_reference_numbers():
 
 def test_templates_type_no_numbers():
     """Numbers come from artifacts: outside Jinja tags and code spans, a template's prose
-    holds no digits except the CI level and the reference model's name."""
-    allowed = {"95%", "270M"}
+    holds no digits except the CI level, the reference model's name and "sha256"."""
+    allowed = {"95%", "270M", "sha256"}
     for path in (render.TEMPLATES).glob("*.md.j2"):
         prose = re.sub(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}|`[^`]*`", " ", path.read_text(), flags=re.S)
         words = {w.strip(".,;:()") for w in prose.split() if re.search(r"\d", w)}

@@ -15,9 +15,9 @@ REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_engine_equals_naive(tiny, tools, batch_size):
-    engine = ToolChoiceEngine(tiny, batch_size=batch_size, progress=False)
+@pytest.mark.parametrize("batch_size,prefix_end", [(1, "shared"), (3, "shared"), (3, "tool_block")])
+def test_engine_equals_naive(tiny, tools, batch_size, prefix_end):
+    engine = ToolChoiceEngine(tiny, batch_size=batch_size, progress=False, prefix_end=prefix_end)
     got = engine.score(REQUESTS, tools)
     for r, g in zip(REQUESTS, got):
         ref = naive_choice(tiny, r, tools)

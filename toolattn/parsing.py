@@ -46,6 +46,22 @@ def parse_call(reply: str) -> ParsedCall:
     return ParsedCall("none", None, False)
 
 
+_NAME_DONE = re.compile(r'"name"\s*:\s*"[^"]*"')
+
+
+def reply_decided(reply: str) -> bool:
+    """True once more tokens cannot change ``parse_call(reply).name``: the reply opened as plain text,
+    or the called name is complete, or (text format) the response line has ended."""
+    t = reply.lstrip()
+    if not t:
+        return False
+    if opening(t) == "text" and not any(p.startswith(t[: len(p)]) for p in ("<tool_call>", "```", "CALL")):
+        return True
+    if _NAME_DONE.search(t):
+        return True
+    return opening(t) == "call" and "\n" in t
+
+
 def opening(reply: str) -> str:
     """How a reply opens: ``tool_call``, ``fence``, ``json``, ``call`` or ``text``."""
     t = reply.lstrip()

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models import LoadedModel
+from .parsing import reply_decided
 from .prompts import Formatted, PromptFormatter
 from .tools import Tool
 
@@ -104,21 +105,28 @@ class PrefixCache:
 class ToolChoiceEngine:
     """Scores tool choices for batches of requests against one tool list at a time."""
 
-    def __init__(self, lm: LoadedModel, batch_size: int = 16, progress: bool = True):
+    def __init__(self, lm: LoadedModel, batch_size: int = 16, progress: bool = True, prefix_end: str = "shared"):
+        """``prefix_end``: cache everything the requests share (``"shared"``), or only the tool block
+        (``"tool_block"``), so that interventions on every query after the tool block see all of them."""
         self.lm = lm
         self.model = lm.model
         self.formatter = PromptFormatter(lm.tokenizer, lm.spec.prompt_format, lm.spec.family)
         self.batch_size = batch_size
         self.progress = progress
         self._prefix_key, self._prefix = None, None
+        if prefix_end not in ("shared", "tool_block"):
+            raise ValueError(f"prefix_end must be 'shared' or 'tool_block', not {prefix_end!r}")
+        self.prefix_end = prefix_end
         self.tokens_processed = 0  # query tokens through the decoder (for FLOP accounting)
+        self.stop_when_decided = True  # end a reply once its parsed call cannot change
 
     def prefix(self, tools: list[Tool], sample: Formatted) -> PrefixCache:
         key = tuple(t.name for t in tools)
         if self._prefix_key != key:
-            self._prefix = PrefixCache(self.model, sample.input_ids[: sample.prefix_len])
+            n = sample.prefix_len if self.prefix_end == "shared" else sample.tool_block_end
+            self._prefix = PrefixCache(self.model, sample.input_ids[:n])
             self._prefix_key = key
-            self.tokens_processed += sample.prefix_len
+            self.tokens_processed += n
         return self._prefix
 
     def format(self, requests: list[str], tools: list[Tool]) -> list[Formatted]:
@@ -126,7 +134,13 @@ class ToolChoiceEngine:
 
     # -- forced choice and P(tool) -------------------------------------------------------------
 
-    def score(self, requests: list[str], tools: list[Tool], desc: str = "scoring") -> list[Choice]:
+    def score(self, requests: list[str], tools: list[Tool], desc: str = "scoring", forward_kwargs=None) -> list[Choice]:
+        """Forced choice and P(tool) for each request.
+
+        ``forward_kwargs(batch: list[Formatted], prefix_len: int) -> dict`` may add keyword arguments to
+        each batch's decoder call; transformers hands them to the attention function of every layer
+        (this is how attention capture and knockout see the query rows of a batch).
+        """
         formatted = self.format(requests, tools)
         prefix = self.prefix(tools, formatted[0])
         cands = [self.formatter.candidate_ids(formatted[0], t.name) for t in tools]
@@ -135,12 +149,14 @@ class ToolChoiceEngine:
         bar = tqdm(total=len(formatted), desc=desc, unit="req", disable=not self.progress)
         for b0 in range(0, len(formatted), self.batch_size):
             batch = formatted[b0 : b0 + self.batch_size]
-            out += self._score_batch(batch, prefix, tools, cands, open_ids)
+            extra = forward_kwargs(batch, len(prefix)) if forward_kwargs else {}
+            out += self._score_batch(batch, prefix, tools, cands, open_ids, extra)
             bar.update(len(batch))
         bar.close()
         return out
 
-    def _score_batch(self, batch: list[Formatted], prefix: PrefixCache, tools, cands, open_ids) -> list[Choice]:
+    def _score_batch(self, batch: list[Formatted], prefix: PrefixCache, tools, cands, open_ids,
+                     extra: dict | None = None) -> list[Choice]:
         P, B = len(prefix), len(batch)
         for f in batch:
             if f.input_ids[:P] != prefix.ids:
@@ -171,7 +187,7 @@ class ToolChoiceEngine:
         decoder, head, softcap = decoder_parts(self.model)
         with torch.inference_mode():
             h = decoder(input_ids=inp, attention_mask=masks, position_ids=q_pos,
-                        past_key_values=prefix.expand(B), use_cache=True).last_hidden_state
+                        past_key_values=prefix.expand(B), use_cache=True, **(extra or {})).last_hidden_state
             reply = torch.tensor([f.reply_position - P for f in batch])
             decision = torch.tensor([f.decision_position - P for f in batch])
             rows = torch.arange(B)
@@ -226,7 +242,6 @@ class ToolChoiceEngine:
         decoder, head, _ = decoder_parts(self.model)
         cache = prefix.expand(B)
         out = [[] for _ in range(B)]
-        text_format = self.formatter.prompt_format == "text"  # a reply is one line
         done = torch.zeros(B, dtype=torch.bool)
         with torch.inference_mode():
             h = decoder(input_ids=inp, attention_mask=build_masks(self.model, q_pos, k_pos, k_valid),
@@ -237,7 +252,8 @@ class ToolChoiceEngine:
                 for b in range(B):
                     if not done[b]:
                         out[b].append(int(nxt[b]))
-                        done[b] = int(nxt[b]) in stop or (text_format and "\n" in self.lm.tokenizer.decode(out[b]).strip(" "))
+                        done[b] = int(nxt[b]) in stop or (self.stop_when_decided and reply_decided(
+                            self.lm.tokenizer.decode(out[b], skip_special_tokens=False)))
                 if bool(done.all()) or step == max_new - 1:
                     break
                 pos = (P + lengths + step)[:, None]

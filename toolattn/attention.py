@@ -1,0 +1,229 @@
+"""Attention capture and knockout, as one attention function of transformers' registry.
+
+``toolattn_attention`` is registered under the name ``"toolattn"`` (``AttentionInterface``) and a
+model is switched to it only inside ``use_toolattn(model)``. It computes each layer's usual output
+(transformers' sdpa function; the same math written out when a knockout or a logit softcap is
+active) and reads two optional requests from the keyword arguments of the decoder call, which
+transformers hands to the attention function of every layer:
+
+* capture -- ``capture=<Capture>``, ``capture_rows=LongTensor [batch, q_sel]`` (query indices
+  within the current input): the post-softmax attention of every head for just those query rows,
+  over all keys (cached prefix included), ``[batch, heads, q_sel, keys]`` per layer.
+* knockout -- ``knockout_heads=BoolTensor [layers, heads]``, ``knockout_keys=BoolTensor [batch, n]``
+  (key positions, ``n <= keys``; keys past ``n`` are never knocked out) and
+  ``knockout_from=LongTensor [batch]`` (first query index of the current input that is affected):
+  -1e9 is added to the pre-softmax logits of the chosen heads at those keys, for affected queries.
+
+Both work through ``ToolChoiceEngine.score(..., forward_kwargs=...)``::
+
+    with capture_attention(model) as cap:
+        engine.score(requests, tools, forward_kwargs=cap.kwargs_for(decision_rows))
+    cap.weights  # per batch: [layers, batch, heads, keys]
+
+    with use_toolattn(model):
+        engine.score(requests, tools, forward_kwargs=knockout_kwargs(heads, description_keys))
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+from .prompts import Formatted
+
+NAME = "toolattn"
+KNOCKOUT_BIAS = -1e9
+
+
+def toolattn_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                       softcap=None, capture=None, capture_rows=None, knockout_heads=None, knockout_keys=None,
+                       knockout_from=None, **kwargs):
+    """One layer's attention: ``query [batch, heads, q, d]``, ``key/value [batch, kv_heads, keys, d]``,
+    ``attention_mask`` bool (True = may attend) or additive float ``[batch, 1, q, keys]`` or None (causal).
+
+    Returns ``(output [batch, q, heads, d], None)`` like transformers' own functions.
+    """
+    layer = module.layer_idx
+    bias = None
+    if knockout_heads is not None and bool(knockout_heads[layer].any()):
+        bias = knockout_bias(knockout_heads[layer], knockout_keys, knockout_from, query.shape[2], key.shape[2])
+    if bias is None and softcap is None:
+        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                        scaling=scaling, **kwargs)
+    else:
+        probs = attention_probs(module, query, key, attention_mask, scaling, softcap, bias)
+        out = torch.matmul(probs.to(value.dtype), repeat_kv(value, module.num_key_value_groups))
+        out = out.transpose(1, 2).contiguous()
+    if capture is not None and capture_rows is not None:
+        rows = capture_rows.to(query.device)  # [batch, q_sel]
+        q_sel = torch.gather(query, 2, rows[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3]))
+        mask = _rows(attention_mask, rows, query.shape[2], key.shape[2])
+        b_sel = None if bias is None else torch.gather(bias, 2, rows[:, None, :, None].expand(-1, bias.shape[1], -1,
+                                                                                             bias.shape[3]))
+        capture.record(layer, attention_probs(module, q_sel, key, mask, scaling, softcap, b_sel, rows))
+    return out, None
+
+
+def attention_probs(module, query, key, attention_mask, scaling=None, softcap=None, bias=None, rows=None):
+    """Post-softmax attention ``[batch, heads, q, keys]`` (float32), as eager attention computes it.
+
+    ``rows [batch, q]``: the query indices of ``query`` in the full input (only used when
+    ``attention_mask`` is None, to build the causal mask); ``bias`` ``[batch, heads, q, keys]`` is added
+    after the softcap, before the mask.
+    """
+    if scaling is None:
+        scaling = module.head_dim ** -0.5
+    keys = repeat_kv(key, module.num_key_value_groups)  # GQA: one copy of each KV head per query head
+    logits = torch.matmul(query.float(), keys.float().transpose(2, 3)) * scaling
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    if bias is not None:
+        logits = logits + bias
+    if attention_mask is None:  # causal, queries are the last q of the keys
+        q, k = query.shape[2], key.shape[2]
+        idx = torch.arange(q, device=query.device).expand(query.shape[0], q) if rows is None else rows
+        attention_mask = (torch.arange(k, device=query.device)[None, None, :] <= (idx + k - q)[:, :, None])[:, None]
+    if attention_mask.dtype == torch.bool:
+        logits = logits.masked_fill(~attention_mask, float("-inf"))
+    else:
+        logits = logits + attention_mask.float()
+    return torch.softmax(logits, dim=-1)
+
+
+def knockout_bias(heads, keys, start, q: int, k: int) -> torch.Tensor:
+    """Additive logits ``[batch, heads, q, keys]``: -1e9 where the head is knocked out, the key is
+    in ``keys [batch, n]`` and the query index is at or after ``start [batch]``."""
+    batch = keys.shape[0]
+    key_mask = torch.zeros(batch, k, dtype=torch.bool, device=keys.device)
+    key_mask[:, : keys.shape[1]] = keys[:, :k]
+    query_mask = torch.arange(q, device=keys.device)[None, :] >= start.to(keys.device)[:, None]  # [batch, q]
+    hit = heads.to(keys.device)[None, :, None, None] & query_mask[:, None, :, None] & key_mask[:, None, None, :]
+    return hit.float() * KNOCKOUT_BIAS
+
+
+def _rows(mask, rows, q: int, k: int):
+    """The mask ``[batch, 1, q_sel, keys]`` of the captured query rows (None stays None)."""
+    if mask is None:
+        return None
+    mask = mask.expand(rows.shape[0], -1, q, k) if mask.shape[2] == q else mask
+    return torch.gather(mask, 2, rows[:, None, :, None].expand(-1, mask.shape[1], -1, k))
+
+
+# --- switching a model ------------------------------------------------------------------------
+
+def register() -> None:
+    """Make ``"toolattn"`` a known attention implementation (with eager-style full 4-D masks)."""
+    AttentionInterface.register(NAME, toolattn_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, eager_mask)
+
+
+def _attn_configs(model):
+    cfg = model.config
+    return [cfg] + [c for c in (getattr(cfg, "text_config", None),) if c is not None and c is not cfg]
+
+
+@contextlib.contextmanager
+def use_toolattn(model):
+    """Run ``model`` on ``toolattn_attention`` inside the block; restore its implementation after."""
+    register()
+    configs = _attn_configs(model)
+    before = [c._attn_implementation for c in configs]
+    for c in configs:
+        c._attn_implementation = NAME
+    try:
+        yield model
+    finally:
+        for c, b in zip(configs, before):
+            c._attn_implementation = b
+
+
+# --- capture ------------------------------------------------------------------------------------
+
+class Capture:
+    """Collects captured attention: ``weights`` holds one tensor per decoder call (engine batch),
+    ``[layers, batch, heads, keys]`` (one row per request) or ``[layers, batch, heads, q_sel, keys]``."""
+
+    def __init__(self):
+        self.weights: list[torch.Tensor] = []
+        self._layers: dict[int, torch.Tensor] = {}
+        self._squeeze = False
+
+    def record(self, layer: int, probs: torch.Tensor) -> None:
+        """``probs [batch, heads, q_sel, keys]`` of one layer; a call is complete when layer 0 comes again."""
+        if layer in self._layers:
+            self.flush()
+        self._layers[layer] = probs.detach().cpu()
+
+    def flush(self) -> None:
+        if self._layers:
+            w = torch.stack([self._layers[i] for i in sorted(self._layers)])
+            self.weights.append(w[..., 0, :] if self._squeeze else w)
+            self._layers = {}
+
+    def kwargs_for(self, rows_fn):
+        """``forward_kwargs`` for the engine: ``rows_fn(batch, prefix_len)`` gives the query rows to
+        capture, LongTensor ``[batch]`` (one per request) or ``[batch, q_sel]``."""
+
+        def fn(batch: list[Formatted], prefix_len: int) -> dict:
+            self.flush()
+            rows = torch.as_tensor(rows_fn(batch, prefix_len), dtype=torch.long)
+            self._squeeze = rows.dim() == 1
+            return {"capture": self, "capture_rows": rows[:, None] if self._squeeze else rows}
+
+        return fn
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the captured tensors."""
+        self.flush()
+        return sum(w.numel() * w.element_size() for w in self.weights)
+
+
+@contextlib.contextmanager
+def capture_attention(model):
+    """``with capture_attention(model) as cap:`` -- switch to ``toolattn_attention`` and collect into ``cap``."""
+    cap = Capture()
+    with use_toolattn(model):
+        yield cap
+    cap.flush()
+
+
+def decision_rows(batch: list[Formatted], prefix_len: int) -> torch.Tensor:
+    """Query index of each request's decision position in the engine's input, ``[batch]``."""
+    return torch.tensor([f.decision_position - prefix_len for f in batch])
+
+
+# --- knockout -------------------------------------------------------------------------------------
+
+def description_keys(batch: list[Formatted]) -> torch.Tensor:
+    """Every tool-description token, ``[batch, tool_block_end]`` bool."""
+    n = max(f.tool_block_end for f in batch)
+    keys = torch.zeros(len(batch), n, dtype=torch.bool)
+    for b, f in enumerate(batch):
+        for t in f.tools:
+            keys[b, t.description_span[0] : t.description_span[1]] = True
+    return keys
+
+
+def knockout_kwargs(heads: torch.Tensor, keys_fn=description_keys):
+    """``forward_kwargs`` that knock out ``heads [layers, heads]`` (bool) toward ``keys_fn(batch)``
+    (``[batch, n]`` bool key positions) for every query at or after the tool block end."""
+
+    def fn(batch: list[Formatted], prefix_len: int) -> dict:
+        start = torch.tensor([max(f.tool_block_end - prefix_len, 0) for f in batch])
+        return {"knockout_heads": heads.bool(), "knockout_keys": keys_fn(batch), "knockout_from": start}
+
+    return fn
+
+
+def combine(*fns):
+    """Merge several ``forward_kwargs`` functions (e.g. capture under a knockout)."""
+    return lambda batch, prefix_len: {k: v for fn in fns for k, v in fn(batch, prefix_len).items()}
+
+
+__all__ = ["toolattn_attention", "attention_probs", "use_toolattn", "capture_attention", "Capture",
+           "decision_rows", "description_keys", "knockout_kwargs", "combine", "register"]
