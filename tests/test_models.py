@@ -42,7 +42,7 @@ def test_corrupt_weights_name_the_file(tmp_path, monkeypatch):
 
 
 def test_untrained_child_names_the_make_target(tmp_path, monkeypatch):
-    monkeypatch.setenv("TOOLATTN_CACHE", str(tmp_path))
+    monkeypatch.setenv("TOOLATTN_ARTIFACTS", str(tmp_path))
     with pytest.raises(ModelError, match="make finetune"):
         load_model("gemma-3-270m-tools")
 

@@ -15,7 +15,8 @@ def formatters(tiny_models):
     out = [(lm.name, PromptFormatter(lm.tokenizer, lm.spec.prompt_format, lm.spec.family)) for lm in tiny_models]
     for name in ("qwen2.5-coder-1.5b", "gemma-3-270m"):
         spec = get_spec(name)
-        out.append((name, PromptFormatter(real_tokenizer(name), spec.prompt_format, spec.family)))
+        out.append((name, PromptFormatter(real_tokenizer(name), spec.prompt_format, spec.family,
+                                          spec.call_prefix or None)))
     return out
 
 

@@ -48,32 +48,30 @@ def toolattn_attention(module, query, key, value, attention_mask, dropout: float
     Returns ``(output [batch, q, heads, d], None)`` like transformers' own functions.
     """
     layer = module.layer_idx
+    q, k = query.shape[2], key.shape[2]
     bias = None
     if knockout_heads is not None and bool(knockout_heads[layer].any()):
-        bias = knockout_bias(knockout_heads[layer], knockout_keys, knockout_from, query.shape[2], key.shape[2])
+        bias = knockout_bias(knockout_heads[layer], knockout_keys, knockout_from, q, k)
     if bias is None and softcap is None:
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                         scaling=scaling, **kwargs)
     else:
-        probs = attention_probs(module, query, key, attention_mask, scaling, softcap, bias)
+        probs = attention_probs(module, query, key, _causal(attention_mask, q, k), scaling, softcap, bias)
         out = torch.matmul(probs.to(value.dtype), repeat_kv(value, module.num_key_value_groups))
         out = out.transpose(1, 2).contiguous()
     if capture is not None and capture_rows is not None:
         rows = capture_rows.to(query.device)  # [batch, q_sel]
-        q_sel = torch.gather(query, 2, rows[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3]))
-        mask = _rows(attention_mask, rows, query.shape[2], key.shape[2])
-        b_sel = None if bias is None else torch.gather(bias, 2, rows[:, None, :, None].expand(-1, bias.shape[1], -1,
-                                                                                             bias.shape[3]))
-        capture.record(layer, attention_probs(module, q_sel, key, mask, scaling, softcap, b_sel, rows))
+        mask = _rows(_causal(attention_mask, q, k), rows)
+        capture.record(layer, attention_probs(module, _rows(query, rows), key, mask, scaling, softcap,
+                                              None if bias is None else _rows(bias, rows)))
     return out, None
 
 
-def attention_probs(module, query, key, attention_mask, scaling=None, softcap=None, bias=None, rows=None):
+def attention_probs(module, query, key, attention_mask, scaling=None, softcap=None, bias=None):
     """Post-softmax attention ``[batch, heads, q, keys]`` (float32), as eager attention computes it.
 
-    ``rows [batch, q]``: the query indices of ``query`` in the full input (only used when
-    ``attention_mask`` is None, to build the causal mask); ``bias`` ``[batch, heads, q, keys]`` is added
-    after the softcap, before the mask.
+    ``attention_mask``: bool (True = may attend) or additive float, ``[batch or 1, 1, q, keys]``;
+    ``bias [batch, heads, q, keys]`` (knockout) is added after the softcap.
     """
     if scaling is None:
         scaling = module.head_dim ** -0.5
@@ -83,10 +81,6 @@ def attention_probs(module, query, key, attention_mask, scaling=None, softcap=No
         logits = torch.tanh(logits / softcap) * softcap
     if bias is not None:
         logits = logits + bias
-    if attention_mask is None:  # causal, queries are the last q of the keys
-        q, k = query.shape[2], key.shape[2]
-        idx = torch.arange(q, device=query.device).expand(query.shape[0], q) if rows is None else rows
-        attention_mask = (torch.arange(k, device=query.device)[None, None, :] <= (idx + k - q)[:, :, None])[:, None]
     if attention_mask.dtype == torch.bool:
         logits = logits.masked_fill(~attention_mask, float("-inf"))
     else:
@@ -105,12 +99,18 @@ def knockout_bias(heads, keys, start, q: int, k: int) -> torch.Tensor:
     return hit.float() * KNOCKOUT_BIAS
 
 
-def _rows(mask, rows, q: int, k: int):
-    """The mask ``[batch, 1, q_sel, keys]`` of the captured query rows (None stays None)."""
-    if mask is None:
-        return None
-    mask = mask.expand(rows.shape[0], -1, q, k) if mask.shape[2] == q else mask
-    return torch.gather(mask, 2, rows[:, None, :, None].expand(-1, mask.shape[1], -1, k))
+def _causal(mask, q: int, k: int):
+    """``mask``, or (when None) the causal mask ``[1, 1, q, keys]`` of queries that are the last q keys
+    (transformers leaves the mask out only when that is all it would say: q == keys, or q == 1)."""
+    if mask is not None:
+        return mask
+    return (torch.arange(k)[None, :] <= torch.arange(k - q, k)[:, None])[None, None]
+
+
+def _rows(x, rows):
+    """Rows ``rows [batch, q_sel]`` of dim 2 of ``x [batch or 1, n, q, ...]`` -> ``[batch, n, q_sel, ...]``."""
+    x = x.expand(rows.shape[0], *x.shape[1:])
+    return torch.gather(x, 2, rows[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
 
 
 # --- switching a model ------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class ModelSpec:
     sha256: str = ""  # of the assembled GGUF file (embedded)
     parent: str = ""  # the model a tuned child was trained from
     make_target: str = ""  # what builds it (tuned)
+    call_prefix: str = ""  # the model's own call prefix, when it differs from its template family's
     about: str = ""
 
 
@@ -53,6 +54,9 @@ REGISTRY: dict[str, ModelSpec] = {
     for s in [
         ModelSpec("qwen2.5-coder-1.5b", "embedded", "qwen2", "chat",
                   "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", QWEN25_SHA256,
+                  # In free generation this model writes its calls in a JSON code fence, not in the
+                  # template's <tool_call> tags (see the baseline's reply openings).
+                  call_prefix='```json\n{\n  "name": "',
                   about="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M, 28 layers x 12 heads (2 KV heads)"),
         ModelSpec("gemma-3-270m", "embedded", "gemma3", "text",
                   "gemma-3-270m-q4_k_m.gguf", GEMMA3_SHA256,
@@ -91,8 +95,13 @@ def get_spec(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
-def load_model(name: str, local_path: str | Path | None = None, dtype=torch.float32) -> LoadedModel:
-    """Load a registry model in eval mode. ``local_path`` overrides where a hub model comes from."""
+def load_model(name: str, local_path: str | Path | None = None, dtype=torch.float32,
+               profile: str = "fast") -> LoadedModel:
+    """Load a registry model in eval mode.
+
+    ``local_path`` overrides where a hub (or tuned) model comes from; ``profile`` picks which
+    training run of a tuned child to load (``artifacts/<profile>/<name>/finetune/checkpoint``).
+    """
     spec = get_spec(name)
     env_path = os.environ.get("TOOLATTN_LOCAL_" + name.upper().replace("-", "_").replace(".", "_"))
     local_path = local_path or env_path
@@ -106,9 +115,10 @@ def load_model(name: str, local_path: str | Path | None = None, dtype=torch.floa
         model, tok = _from_folder(folder, dtype)
         files = {spec.source: spec.sha256}
     elif spec.kind == "tuned":
-        folder = Path(local_path) if local_path else paths.model_cache(spec.name)
+        folder = Path(local_path) if local_path else tuned_checkpoint(spec.name, profile)
         if not (folder / "config.json").exists():
-            raise ModelError(f"{spec.name} has not been trained yet ({folder} is missing); run `{spec.make_target}`")
+            raise ModelError(f"{spec.name} has not been trained yet for the {profile} profile ({folder} is missing);"
+                             f" run `{spec.make_target} PROFILE={profile}`")
         model, tok = _from_folder(folder, dtype)
         files = {f"{spec.name}/model.safetensors": _read_source(folder).get("sha256", "")}
     else:  # hub
@@ -120,6 +130,11 @@ def load_model(name: str, local_path: str | Path | None = None, dtype=torch.floa
             files = {spec.source: "hub"}
     model.eval()
     return LoadedModel(spec, model, tok, files)
+
+
+def tuned_checkpoint(name: str, profile: str) -> Path:
+    """Where the fine-tuning analysis of ``profile`` saves a tuned child."""
+    return paths.artifact_dir(profile, name, "finetune") / "checkpoint"
 
 
 def _from_folder(folder: Path, dtype):

@@ -1,8 +1,9 @@
 """Parse a model's free-form reply into the tool it calls (or none).
 
-Recognised call forms, in order: a ``<tool_call>`` block holding JSON with a ``name``; a JSON
-object with ``name`` (bare or in a code fence); the text format's ``CALL <name>`` line. A reply
-that names no declared tool in any of these forms is not a call.
+Recognised call forms, in order: a ``<tool_call>`` block holding JSON with a ``name``; the
+FunctionGemma-style call of ``gemma-3-270m-tools``, ``<start_function_call>name\n{arguments}<end_function_call>``;
+a JSON object with ``name`` (bare or in a code fence); the text format's ``CALL <name>`` line. A
+reply that names no declared tool in any of these forms is not a call.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from dataclasses import dataclass
 
 _NAME = re.compile(r'"name"\s*:\s*"([A-Za-z0-9_\-.]+)')
 _CALL = re.compile(r"^\s*CALL\s+([A-Za-z0-9_\-.]+)", re.M)
+FUNCTION_CALL_OPEN, FUNCTION_CALL_CLOSE = "<start_function_call>", "<end_function_call>"
+_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_\-.]+")
 
 
 @dataclass
 class ParsedCall:
-    kind: str  # tool_call | json | fence | text | none
+    kind: str  # tool_call | function_call | json | fence | text | none
     name: str | None
     valid_json: bool
 
@@ -29,6 +32,12 @@ def parse_call(reply: str) -> ParsedCall:
         body = text[len("<tool_call>"):].split("</tool_call>")[0]
         m = _NAME.search(body)
         return ParsedCall("tool_call", m.group(1) if m else None, _is_json(body))
+    if text.startswith(FUNCTION_CALL_OPEN):
+        body = text[len(FUNCTION_CALL_OPEN):]
+        m = _FUNCTION_NAME.match(body)
+        closed = FUNCTION_CALL_CLOSE in body
+        args = body[m.end() if m else 0:].split(FUNCTION_CALL_CLOSE)[0]
+        return ParsedCall("function_call", m.group(0) if m else None, closed and _is_json(args))
     if text.startswith("```"):
         body = text.split("\n", 1)[1] if "\n" in text else ""
         body = body.split("```")[0]
@@ -55,17 +64,22 @@ def reply_decided(reply: str) -> bool:
     t = reply.lstrip()
     if not t:
         return False
-    if opening(t) == "text" and not any(p.startswith(t[: len(p)]) for p in ("<tool_call>", "```", "CALL")):
+    if opening(t) == "text" and not any(p.startswith(t[: len(p)]) for p in ("<tool_call>", "```", "CALL",
+                                                                               FUNCTION_CALL_OPEN)):
         return True
     if _NAME_DONE.search(t):
         return True
+    if opening(t) == "function_call":  # the name ends at the first character that cannot be part of it
+        m = _FUNCTION_NAME.match(t[len(FUNCTION_CALL_OPEN):])
+        return bool(m) and len(t) > len(FUNCTION_CALL_OPEN) + m.end()
     return opening(t) == "call" and "\n" in t
 
 
 def opening(reply: str) -> str:
-    """How a reply opens: ``tool_call``, ``fence``, ``json``, ``call`` or ``text``."""
+    """How a reply opens: ``tool_call``, ``function_call``, ``fence``, ``json``, ``call`` or ``text``."""
     t = reply.lstrip()
-    for prefix, kind in (("<tool_call>", "tool_call"), ("```", "fence"), ("{", "json"), ("CALL", "call")):
+    for prefix, kind in (("<tool_call>", "tool_call"), (FUNCTION_CALL_OPEN, "function_call"), ("```", "fence"),
+                         ("{", "json"), ("CALL", "call")):
         if t.startswith(prefix):
             return kind
     return "text"

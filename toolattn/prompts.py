@@ -3,8 +3,9 @@
 Two formats:
 
 * ``chat`` -- the tokenizer's own chat template, ``apply_chat_template(messages, tools=...,
-  add_generation_prompt=True)`` with thinking disabled where the template has it. The model's
-  call prefix is read from the template family (Qwen: ``<tool_call>\\n{"name": "``).
+  add_generation_prompt=True)`` with thinking disabled where the template has it. The call
+  prefix is the template family's (Qwen: ``<tool_call>\\n{"name": "``) unless the registry records
+  that the model writes its calls differently (Qwen2.5-Coder: a JSON code fence).
 * ``text`` -- a few-shot text format for base models (documented in ``TEXT_FORMAT`` below):
   a tool list of ``name: description`` lines, an instruction, four worked examples (two tool
   calls with tools from the list, two plain answers), then ``Request: ...\\nResponse:``. A call
@@ -52,12 +53,14 @@ FEW_SHOT_PLAIN = [
     ("Thanks, that helps a lot!", " You're welcome, glad it helped."),
 ]
 
-CHAT_CALL_PREFIX = {"qwen2": '<tool_call>\n{"name": "', "qwen3": '<tool_call>\n{"name": "'}
-CHAT_NAME_SUFFIX = {"qwen2": '"', "qwen3": '"'}
+CHAT_CALL_PREFIX = {"qwen2": '<tool_call>\n{"name": "', "qwen3": '<tool_call>\n{"name": "',
+                    "gemma3": "<start_function_call>"}
+CHAT_NAME_SUFFIX = {"qwen2": '"', "qwen3": '"', "gemma3": "\n"}
 # How a reply that makes a call starts, per format family: P(tool) is the probability mass of the
 # first tokens of these openings. Qwen2.5-Coder writes its calls as a ```json fence or a bare JSON
 # object more often than in the template's <tool_call> tags (see the baseline's reply openings).
-CHAT_CALL_OPEN = {"qwen2": ["<tool_call>", "```", "{", "{\n"], "qwen3": ["<tool_call>"]}
+CHAT_CALL_OPEN = {"qwen2": ["<tool_call>", "```", "{", "{\n"], "qwen3": ["<tool_call>"],
+                  "gemma3": ["<start_function_call>"]}
 
 
 @dataclass
@@ -103,7 +106,7 @@ class Formatted:
 class PromptFormatter:
     """Formats requests for one model: ``format(request, tools) -> Formatted``."""
 
-    def __init__(self, tokenizer, prompt_format: str, family: str):
+    def __init__(self, tokenizer, prompt_format: str, family: str, call_prefix: str | None = None):
         self.tok = tokenizer
         self.prompt_format = prompt_format
         self.family = family
@@ -119,6 +122,13 @@ class PromptFormatter:
             self.call_prefix = TEXT_FORMAT["call_prefix"]
             self.name_suffix = TEXT_FORMAT["name_suffix"]
             self.call_open = [TEXT_FORMAT["call_prefix"]]
+        if call_prefix:
+            self.call_prefix = call_prefix
+
+    @classmethod
+    def for_model(cls, lm) -> "PromptFormatter":
+        """The formatter of a loaded registry model (its format, family and own call prefix)."""
+        return cls(lm.tokenizer, lm.spec.prompt_format, lm.spec.family, lm.spec.call_prefix or None)
 
     # -- text rendering --------------------------------------------------------------------
 

@@ -110,7 +110,7 @@ class ToolChoiceEngine:
         (``"tool_block"``), so that interventions on every query after the tool block see all of them."""
         self.lm = lm
         self.model = lm.model
-        self.formatter = PromptFormatter(lm.tokenizer, lm.spec.prompt_format, lm.spec.family)
+        self.formatter = PromptFormatter.for_model(lm)
         self.batch_size = batch_size
         self.progress = progress
         self._prefix_key, self._prefix = None, None
@@ -268,7 +268,7 @@ class ToolChoiceEngine:
 
 def naive_choice(lm: LoadedModel, request: str, tools: list[Tool]) -> Choice:
     """Reference: one full forward per candidate over the whole prompt (no cache, default masks)."""
-    fm = PromptFormatter(lm.tokenizer, lm.spec.prompt_format, lm.spec.family)
+    fm = PromptFormatter.for_model(lm)
     f = fm.format(request, tools)
     logprobs = {}
     with torch.inference_mode():

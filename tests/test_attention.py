@@ -1,0 +1,183 @@
+"""Attention capture equals eager attention; knockout equals masking keys out (tiny models)."""
+
+import pytest
+import torch
+
+from toolattn.attention import (capture_attention, combine, decision_rows, description_keys, knockout_kwargs,
+                                use_toolattn)
+from toolattn.models import model_dims
+from toolattn.scoring import ToolChoiceEngine, build_masks, layer_types
+
+# Prompts exceed the tiny Gemma3 sliding window (32 tokens) many times over, so sliding layers matter.
+REQUESTS = [
+    "What's the weather in Paris today?",
+    "Look up the history of the Eiffel tower on the web, I need it for homework and a lot more detail",
+    "Translate 'good night' into Spanish",
+]
+
+
+_EAGER: dict = {}  # (model, prompt) -> reference attention, shared by the tests
+
+
+def eager_decision_attention(lm, f) -> torch.Tensor:
+    """Reference: ``output_attentions`` of a full eager forward, at the decision position, ``[layers, heads, keys]``."""
+    key = (lm.name, f.text)
+    if key not in _EAGER:
+        _EAGER[key] = _eager(lm, f)
+    return _EAGER[key]
+
+
+def _eager(lm, f) -> torch.Tensor:
+    before = lm.model.config._attn_implementation
+    lm.model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            out = lm.model(input_ids=torch.tensor([f.input_ids]), output_attentions=True)
+    finally:
+        lm.model.set_attn_implementation(before)
+    return torch.stack([a[0, :, f.decision_position] for a in out.attentions])
+
+
+def full_masks(lm, f, knocked: torch.Tensor | None = None) -> dict:
+    """Boolean masks of a full forward; ``knocked [keys]`` removes those keys for queries after the tool block."""
+    n = len(f.input_ids)
+    pos = torch.arange(n)[None]
+    masks = build_masks(lm.model, pos, pos, torch.ones(1, n, dtype=torch.bool))
+    if knocked is not None:
+        for m in masks.values():
+            m[0, 0, f.tool_block_end:, : len(knocked)] &= ~knocked
+    return masks
+
+
+def forward_logits(lm, ids, masks=None, **kwargs) -> torch.Tensor:
+    n = len(ids)
+    with torch.inference_mode():
+        return lm.model(input_ids=torch.tensor([ids]), attention_mask=masks, position_ids=torch.arange(n)[None],
+                        **kwargs).logits[0].float()
+
+
+def heads_mask(lm, value: bool) -> torch.Tensor:
+    d = model_dims(lm.model)
+    return torch.full((d["layers"], d["heads"]), value)
+
+
+def one_head(lm) -> torch.Tensor:
+    """Head 2 of the last full-attention layer (a sliding layer cannot see the tool block from the decision)."""
+    heads = heads_mask(lm, False)
+    heads[max(i for i, t in enumerate(layer_types(lm.model)) if t == "full_attention"), 2] = True
+    return heads
+
+
+def test_capture_equals_eager_full_forward(tiny, tools):
+    engine = ToolChoiceEngine(tiny, progress=False)
+    f = engine.formatter.format(REQUESTS[1], tools)
+    assert len(f.input_ids) > 4 * 32
+    with capture_attention(tiny.model) as cap:
+        kw = cap.kwargs_for(decision_rows)([f], 0)
+        forward_logits(tiny, f.input_ids, **kw)
+    got = cap.weights[0][:, 0]  # [layers, heads, keys]
+    ref = eager_decision_attention(tiny, f)
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, atol=1e-5), (tiny.name, (got - ref).abs().max())
+    assert torch.allclose(got.sum(-1), torch.ones(()), atol=1e-5)
+    assert tiny.model.config._attn_implementation == "sdpa"  # restored
+
+
+@pytest.mark.parametrize("prefix_end", ["shared", "tool_block"])
+def test_capture_through_engine(tiny, tools, prefix_end):
+    engine = ToolChoiceEngine(tiny, batch_size=2, progress=False, prefix_end=prefix_end)
+    plain = engine.score(REQUESTS, tools)
+    with capture_attention(tiny.model) as cap:
+        captured = engine.score(REQUESTS, tools, forward_kwargs=cap.kwargs_for(decision_rows))
+    for a, b in zip(plain, captured):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-6)
+    weights = [w[:, b] for w in cap.weights for b in range(w.shape[1])]  # each [layers, heads, keys]
+    assert len(weights) == len(REQUESTS)
+    assert cap.nbytes == sum(w.numel() * 4 for w in cap.weights)
+    for r, w in zip(REQUESTS, weights):
+        f = engine.formatter.format(r, tools)
+        n = len(f.input_ids)
+        ref = eager_decision_attention(tiny, f)
+        # keys: [prefix | request suffix, right-padded | packed candidates]; only the prompt is visible
+        assert torch.allclose(w[..., :n], ref, atol=1e-5), (tiny.name, r, (w[..., :n] - ref).abs().max())
+        assert float(w[..., n:].abs().max()) == 0.0
+
+
+def test_knockout_every_head_equals_masking_keys(tiny, tools):
+    engine = ToolChoiceEngine(tiny, progress=False)
+    f = engine.formatter.format(REQUESTS[0], tools)
+    keys = description_keys([f])
+    with use_toolattn(tiny.model):
+        got = forward_logits(tiny, f.input_ids, full_masks(tiny, f),
+                             **knockout_kwargs(heads_mask(tiny, True))([f], 0))
+    ref = forward_logits(tiny, f.input_ids, full_masks(tiny, f, keys[0]))
+    plain = forward_logits(tiny, f.input_ids, full_masks(tiny, f))
+    assert torch.allclose(got, ref, atol=1e-4), (tiny.name, (got - ref).abs().max())
+    assert (got - plain)[f.tool_block_end:].abs().max() > 1e-2  # the knockout does something
+    assert torch.allclose(got[: f.tool_block_end], plain[: f.tool_block_end], atol=1e-4)  # not before the block end
+
+
+def test_knockout_through_engine_equals_masking_keys(tiny, tools):
+    """Forced choice with every head knocked out equals a full forward per candidate with the keys masked."""
+    engine = ToolChoiceEngine(tiny, batch_size=2, progress=False, prefix_end="tool_block")
+    with use_toolattn(tiny.model):
+        got = engine.score(REQUESTS[:2], tools, forward_kwargs=knockout_kwargs(heads_mask(tiny, True)))
+    for r, choice in zip(REQUESTS[:1], got[:1]):  # the shorter, right-padded row of the batch
+        f = engine.formatter.format(r, tools)
+        keys = description_keys([f])[0]
+        for t in tools[:3]:
+            ids = f.input_ids + engine.formatter.candidate_ids(f, t.name)
+            f_full = type(f)(f.text, ids, f.prompt_len, f.prefix_len, f.tool_block_end, f.tools)
+            logp = torch.log_softmax(forward_logits(tiny, ids, full_masks(tiny, f_full, keys)), -1)
+            n = len(f.input_ids)
+            ref = float(sum(logp[i - 1, ids[i]] for i in range(n, len(ids))))
+            assert choice.logprobs[t.name] == pytest.approx(ref, abs=1e-3), (tiny.name, r, t.name)
+
+
+def test_knockout_zero_heads_changes_nothing_one_head_changes(tiny, tools):
+    engine = ToolChoiceEngine(tiny, batch_size=3, progress=False)
+    plain = engine.score(REQUESTS, tools)
+    one = one_head(tiny)
+    with use_toolattn(tiny.model):
+        none_out = engine.score(REQUESTS, tools, forward_kwargs=knockout_kwargs(heads_mask(tiny, False)))
+        one_out = engine.score(REQUESTS, tools, forward_kwargs=knockout_kwargs(one))
+    for a, b in zip(plain, none_out):
+        assert a.logprobs == b.logprobs
+    assert max(abs(a.logprobs[t.name] - c.logprobs[t.name]) for a, c in zip(plain, one_out) for t in tools) > 1e-3
+
+
+def test_capture_under_knockout_sees_no_description(tiny, tools):
+    engine = ToolChoiceEngine(tiny, batch_size=3, progress=False)
+    one = one_head(tiny)
+    with capture_attention(tiny.model) as cap:
+        engine.score(REQUESTS, tools, forward_kwargs=combine(cap.kwargs_for(decision_rows), knockout_kwargs(one)))
+    f = engine.formatter.format(REQUESTS[0], tools)
+    keys = description_keys([f])[0]
+    w = cap.weights[0][:, 0, :, : len(keys)]  # [layers, heads, tool-block keys]
+    layer = int(one.any(1).nonzero()[0])
+    assert float(w[layer, 2][keys].sum()) < 1e-6
+    assert float(w[layer, 1][keys].sum()) > 1e-3
+
+
+def test_retrieval_heads_analysis_end_to_end(tmp_path, monkeypatch):
+    """The Phase 1 analysis on tiny Qwen2 with a tiny profile: artifacts are complete and a re-run resumes."""
+    import json
+
+    from analyses import retrieval_heads
+
+    monkeypatch.setenv("TOOLATTN_ARTIFACTS", str(tmp_path))
+    prof = {"seed": 0, "batch_size": 8, "retrieval_heads": {"split": "heldout", "n_per_tool": 1, "n_permutations": 200}}
+    retrieval_heads.run("smoke", "tiny-qwen2", prof)
+    out = tmp_path / "smoke" / "tiny-qwen2" / "retrieval_heads"
+    assert (out / "manifest.json").exists()
+    result = json.loads((out / "result.json").read_text())
+    m = result["metrics"]
+    assert m["n_heads"] == 16 and m["n_requests"] == 10 and len(m["top_heads"]) == 10
+    assert set(result["figures"]) == {"corr_heatmap", "top_heads_attention", "layer_distribution"}
+    heads = (out / "heads.csv").read_text().splitlines()
+    assert heads[0].startswith("rank,layer,head,kv_head,corr,p,p_bh,top1_rate,entropy,tool_block_share,name_corr")
+    assert len(heads) == 17
+    assert m["capture_bytes_per_request"] > 0 and 0 <= m["frac_significant"] <= 1
+    assert list((out / "chunks").glob("chunk-0000.*.json"))
+    retrieval_heads.run("smoke", "tiny-qwen2", prof)  # resumes from the saved chunk
+    assert (out / "heads.csv").read_text().splitlines() == heads
