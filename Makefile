@@ -20,7 +20,7 @@ DATA := data/tools.json data/prompts.json
 EMBEDDED := qwen2.5-coder-1.5b gemma-3-270m
 model_stamp = $(CACHE)/$(1)/source.json
 
-.PHONY: setup models fast all report test check bench clean help
+.PHONY: setup models fast all finetune hub report test check bench clean help
 help:
 	@sed -n '2,8p' Makefile
 
@@ -39,20 +39,40 @@ $(CACHE)/%/source.json: | $(STAMP)
 
 # --- analyses ------------------------------------------------------------------------------
 # artifacts/<profile>/<model>/<analysis>/manifest.json is written last, so it marks a finished run.
-define analysis_rule
-$(ART)/$(1)/$(2)/$(3)/manifest.json: analyses/$(3).py $(LIB) $(DATA) $(call model_stamp,$(2)) | $(STAMP)
-	$(PY) -m analyses.$(3) --profile $(1) --model $(2)
-endef
-BASELINE = $(foreach p,fast full,$(foreach m,$(EMBEDDED),$(eval $(call analysis_rule,$(p),$(m),baseline))))
-$(BASELINE)
+# Each analysis runs on the models listed here; a rule depends on its code, the library, the data,
+# the profiles and the model (a converted embedded model, or the tuned child's fine-tuning run).
+CHILD := gemma-3-270m-tools
+QWEN := qwen2.5-coder-1.5b
+GEMMA := gemma-3-270m
+RUNS := baseline:$(QWEN) baseline:$(GEMMA) retrieval_heads:$(QWEN) finetune:$(CHILD) \
+        circuit_zones:$(CHILD) circuit_zones:$(GEMMA) circuit_zones:$(QWEN)
+model_dep = $(if $(filter $(2),$(CHILD)),$(ART)/$(1)/$(CHILD)/finetune/manifest.json,$(call model_stamp,$(2)))
+finetune_model_dep = $(call model_stamp,$(GEMMA))
 
-FAST_ARTIFACTS := $(foreach m,$(EMBEDDED),$(ART)/fast/$(m)/baseline/manifest.json)
-FULL_ARTIFACTS := $(foreach m,$(EMBEDDED),$(ART)/full/$(m)/baseline/manifest.json)
+define analysis_rule
+$(ART)/$(1)/$(3)/$(2)/manifest.json: analyses/$(2).py $(LIB) $(DATA) \
+    $(if $(filter finetune,$(2)),$(finetune_model_dep),$(call model_dep,$(1),$(3))) | $(STAMP)
+	$(PY) -m analyses.$(2) --profile $(1) --model $(3)
+endef
+run_analysis = $(word 1,$(subst :, ,$(1)))
+run_model = $(word 2,$(subst :, ,$(1)))
+$(foreach p,fast full hub,$(foreach r,$(RUNS),$(eval $(call analysis_rule,$(p),$(call run_analysis,$(r)),$(call run_model,$(r))))))
+artifacts_of = $(foreach r,$(RUNS),$(ART)/$(1)/$(call run_model,$(r))/$(call run_analysis,$(r))/manifest.json)
+
+FAST_ARTIFACTS := $(call artifacts_of,fast)
+FULL_ARTIFACTS := $(call artifacts_of,full)
 
 fast: $(FAST_ARTIFACTS)
 	$(MAKE) report PROFILE=fast
 all: $(FULL_ARTIFACTS)
 	$(MAKE) report PROFILE=full
+finetune: $(ART)/$(PROFILE)/$(CHILD)/finetune/manifest.json
+
+# The paper's own models (weights from a model hub, or TOOLATTN_LOCAL_<NAME> folders): see README.
+HUB_RUNS := baseline:qwen3-4b retrieval_heads:qwen3-4b baseline:functiongemma-270m circuit_zones:functiongemma-270m
+hub: | $(STAMP)
+	@for r in $(HUB_RUNS); do a=$${r%%:*}; m=$${r#*:}; $(PY) -m analyses.$$a --profile hub --model $$m || exit 1; done
+	$(MAKE) report PROFILE=hub
 
 report: | $(STAMP)
 	$(PY) -m paper.render --profile $(PROFILE) $(if $(STRICT),--strict,)

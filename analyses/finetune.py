@@ -102,6 +102,7 @@ def summarise(run: Run, rows: dict, divergence: list[dict], source: dict, names:
     argmax = max(divergence, key=lambda d: d["attention_mlp"])["layer"]
     losses = source["losses"]
     metrics = {**child, **{f"base_{k}": v for k, v in base.items()},
+               "n_tools": len(names),
                "n_tool_requests": sum(bool(r["gold"]) for r in rows["child"]),
                "n_no_tool_requests": sum(not r["gold"] for r in rows["child"]),
                "train_examples": source["train_examples"], "train_no_tool_examples": source["no_tool_examples"],

@@ -21,6 +21,7 @@ Heads are grouped by the KV head they read from (grouped-query attention).
 from __future__ import annotations
 
 import argparse
+import base64
 import math
 import time
 
@@ -29,6 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from toolattn import paths  # noqa: E402
 from toolattn.artifacts import Run, load_profile, sha256_file  # noqa: E402
@@ -42,6 +44,7 @@ from toolattn.tools import core_tools  # noqa: E402
 CHUNK = 32  # requests per resumable chunk
 ALPHA = 0.05  # BH q threshold
 TOP = 10  # heads reported in result.json
+TOP_FRACTION = 0.05  # concentration: share of the positive correlation held by this fraction of heads
 KINDS = ("span", "name", "desc")  # name + description, name only, description only
 
 
@@ -59,7 +62,7 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
     inputs = {"data/prompts.json": sha256_file(paths.PROMPTS_FILE), "data/tools.json": sha256_file(paths.TOOLS_FILE),
               **lm.files}
     with Run(profile, model, "retrieval_heads", cfg, inputs, seed=cfg["seed"]) as run:
-        rows, seconds, nbytes = [], 0.0, 0
+        rows, parts, seconds, nbytes = [], [], 0.0, 0
         for c0 in range(0, len(requests), CHUNK):
             part = requests[c0 : c0 + CHUNK]
 
@@ -69,17 +72,27 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
                     choices = engine.score([r.text for r in part], tools, desc=f"{model} capture {c0}+",
                                            forward_kwargs=cap.kwargs_for(decision_rows))
                 masses = tool_masses(cap.weights, sample)
-                return {"seconds": time.time() - t0, "capture_bytes": cap.nbytes, "rows": [
-                    {"id": r.id, "gold": r.tool, "chosen": c.choice,
-                     **{k: np.round(masses[k][i], 6).tolist() for k in masses}}
-                    for i, (r, c) in enumerate(zip(part, choices))]}
+                return {"seconds": time.time() - t0, "capture_bytes": cap.nbytes,
+                        "rows": [{"id": r.id, "gold": r.tool, "chosen": c.choice} for r, c in zip(part, choices)],
+                        "masses": {k: encode(v) for k, v in masses.items()}}
 
             done = run.chunk(f"chunk-{c0:04d}", compute)
             rows += done["rows"]
+            parts.append({k: decode(v) for k, v in done["masses"].items()})
             seconds += done["seconds"]
             nbytes += done["capture_bytes"]
-        summarise(run, rows, [t.name for t in tools], model_dims(lm.model), sample, cfg,
+        masses = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        summarise(run, rows, masses, [t.name for t in tools], model_dims(lm.model), sample, cfg,
                   seconds / len(rows), nbytes / len(rows))
+
+
+def encode(a: np.ndarray) -> dict:
+    """An array as JSON: float32 bytes in base64 (a chunk stays small at thousands of heads)."""
+    return {"shape": list(a.shape), "float32": base64.b64encode(np.ascontiguousarray(a, np.float32).tobytes()).decode()}
+
+
+def decode(d: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(d["float32"]), np.float32).reshape(d["shape"]).astype(np.float64)
 
 
 def tool_masses(weights, f) -> dict[str, np.ndarray]:
@@ -109,7 +122,8 @@ def normalise(mass: np.ndarray) -> np.ndarray:
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Correlation over (request, tool) pairs: ``x [requests, tools, heads]``, ``y [requests, tools]`` -> ``[heads]``."""
+    """Correlation over (request, tool) pairs: ``x [requests, tools, heads]``, ``y [requests, tools]``
+    -> ``[heads]`` (0 where a head's shares do not vary)."""
     xc = (x - x.mean((0, 1))).reshape(-1, x.shape[-1])
     yc = (y - y.mean()).reshape(-1)
     den = np.sqrt((xc ** 2).sum(0) * (yc ** 2).sum())
@@ -163,14 +177,14 @@ def positive_share(corr: np.ndarray, frac: float = 0.05) -> float:
 
 # --- the summary ----------------------------------------------------------------------------------
 
-def summarise(run: Run, rows: list[dict], names: list[str], dims: dict, f, cfg: dict, sec_per_req: float,
-              bytes_per_req: float) -> None:
+def summarise(run: Run, rows: list[dict], masses: dict, names: list[str], dims: dict, f, cfg: dict,
+              sec_per_req: float, bytes_per_req: float) -> None:
+    """``rows``: id, gold and chosen tool per request; ``masses``: as returned by ``tool_masses``."""
     L, H, KV = dims["layers"], dims["heads"], dims["kv_heads"]
     chosen = np.array([names.index(r["chosen"]) for r in rows])
     # [requests, layers, heads, tools] -> [requests, tools, layers * heads]
-    shares = {k: normalise(np.array([r[k] for r in rows])).transpose(0, 3, 1, 2).reshape(len(rows), len(names), -1)
-              for k in KINDS}
-    block = np.array([r["block"] for r in rows]).reshape(len(rows), -1)  # [requests, layers * heads]
+    shares = {k: normalise(masses[k]).transpose(0, 3, 1, 2).reshape(len(rows), len(names), -1) for k in KINDS}
+    block = masses["block"].reshape(len(rows), -1)  # [requests, layers * heads]
     s = head_stats(shares, chosen, cfg["n_permutations"], cfg["seed"])
     layer, head = np.divmod(np.arange(L * H), H)
     kv = head // (H // KV)
@@ -197,9 +211,11 @@ def summarise(run: Run, rows: list[dict], names: list[str], dims: dict, f, cfg: 
     top = [{"layer": int(layer[j]), "head": int(head[j]), "kv_head": int(kv[j]),
             "corr": corr_ci(shares["span"][:, :, j], y, cfg["seed"]), "p": float(s["p"][j]),
             "p_bh": float(s["p_bh"][j]), "top1_rate": accuracy(s["hits"][:, j])} for j in order[:TOP]]
-    run.write_csv("requests", [{"id": r["id"], "gold": r["gold"], "chosen": r["chosen"],
-                                "top_head_argmax": names[int(shares["span"][i, :, order[0]].argmax())]}
-                               for i, r in enumerate(rows)])
+    # Where the top head looks when the forced choice is wrong: at the tool chosen, or the correct one?
+    looks = [names[int(i)] for i in shares["span"][:, :, order[0]].argmax(1)]
+    run.write_csv("requests", [{"id": r["id"], "gold": r["gold"], "chosen": r["chosen"], "top_head_argmax": a}
+                               for r, a in zip(rows, looks)])
+    wrong = [(r, a) for r, a in zip(rows, looks) if r["chosen"] != r["gold"]]
 
     span_tokens = [t.name_span[1] - t.name_span[0] + t.description_span[1] - t.description_span[0] for t in f.tools]
     metrics = {
@@ -207,10 +223,13 @@ def summarise(run: Run, rows: list[dict], names: list[str], dims: dict, f, cfg: 
         "n_heads": L * H,
         "accuracy": accuracy(np.array([r["chosen"] == r["gold"] for r in rows])),
         "top_heads": top,
+        "top_head_on_errors": {"n": len(wrong), "looks_at_chosen": sum(a == r["chosen"] for r, a in wrong),
+                               "looks_at_gold": sum(a == r["gold"] for r, a in wrong)},
         "n_significant": int(sig.sum()),
         "n_significant_positive": int((sig & (s["corr"] > 0)).sum()),
         "frac_significant": float(sig.mean()),
-        "top5pct_positive_corr_share": positive_share(s["corr"]),
+        "top_heads_fraction": TOP_FRACTION,
+        "top_heads_positive_corr_share": positive_share(s["corr"], TOP_FRACTION),
         "max_corr": float(s["corr"].max()),
         "best_top1_rate": float(s["top1_rate"].max()),
         "chance_top1_rate": 1 / len(names),
@@ -264,6 +283,7 @@ def figures(run: Run, s: dict, x: np.ndarray, chosen, names, order, L, H, KV, si
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
         ax.set_title(f"L{j // H} H{j % H}: corr {s['corr'][j]:.2f}, top-1 {s['top1_rate'][j]:.0%}", fontsize=9)
     axes[0].set_ylabel("request (grouped by chosen tool)")
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(im, ax=axes, shrink=0.8, label="share of tool-block attention")
     run.save_figure("top_heads_attention", fig, f"Attention of the three most correlated heads over the tools "
                     f"(columns) for each request (rows), normalised over the tool block; red dots mark the "

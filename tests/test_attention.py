@@ -1,7 +1,11 @@
 """Attention capture equals eager attention; knockout equals masking keys out (tiny models)."""
 
+import sys
+
 import pytest
 import torch
+
+from toolattn import paths
 
 from toolattn.attention import (capture_attention, combine, decision_rows, description_keys, knockout_kwargs,
                                 use_toolattn)
@@ -163,6 +167,8 @@ def test_retrieval_heads_analysis_end_to_end(tmp_path, monkeypatch):
     """The Phase 1 analysis on tiny Qwen2 with a tiny profile: artifacts are complete and a re-run resumes."""
     import json
 
+    if str(paths.ROOT) not in sys.path:
+        sys.path.insert(0, str(paths.ROOT))
     from analyses import retrieval_heads
 
     monkeypatch.setenv("TOOLATTN_ARTIFACTS", str(tmp_path))

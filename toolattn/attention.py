@@ -153,7 +153,7 @@ class Capture:
         self._squeeze = False
 
     def record(self, layer: int, probs: torch.Tensor) -> None:
-        """``probs [batch, heads, q_sel, keys]`` of one layer; a call is complete when layer 0 comes again."""
+        """``probs [batch, heads, q_sel, keys]`` of one layer; a layer seen again starts the next decoder call."""
         if layer in self._layers:
             self.flush()
         self._layers[layer] = probs.detach().cpu()

@@ -2,7 +2,8 @@
 
 All figures come from one run on this machine, so they are comparable with each other:
 
-* matmul peak -- the best FLOP/s of float32 matmuls shaped like the model's projections;
+* matmul peak -- the best FLOP/s of float32 matmuls shaped like the model's MLP, measured before
+  and after the engine runs;
 * engine -- forced choice over the 10 core tools for a batch of held-out requests on the
   embedded Qwen (prefix computed once per tool list, candidates packed, logits only where read);
 * naive -- one full forward over the whole prompt per request and per candidate (no cache):
@@ -46,7 +47,7 @@ def forward_flops(model, query_tokens: int, keys_per_query: float, logit_positio
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Benchmark the tool-choice engine")
     ap.add_argument("--model", default="qwen2.5-coder-1.5b")
-    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--naive-forwards", type=int, default=3)
     args = ap.parse_args(argv)
@@ -79,6 +80,8 @@ def main(argv=None) -> None:
     keys = len(prefix) + (suffix_tokens / n + packed) / 2
     flops_batched = forward_flops(lm.model, query_tokens, keys, n * (2 + packed))
     flops_prefix = forward_flops(lm.model, len(prefix), len(prefix) / 2, 0)
+
+    peak = max(peak, matmul_peak(d["hidden"], d["mlp"]))  # measured before and after: the better of the two
 
     # naive: a full forward over prompt + candidate for each (request, candidate)
     t_naive = []

@@ -1,0 +1,403 @@
+"""Reading, ablating and patching activations at the tool / no-tool decision.
+
+The decision is read at the first reply position (``Formatted.reply_position``): P(tool) is the
+probability mass of the call-opening first tokens, ``decides_tool`` is "opening a call beats every
+other first token", exactly as in ``ToolChoiceEngine``.
+
+Sites, per decoder layer ``l``:
+
+* ``resid`` -- the residual stream after layer ``l`` (the decoder layer's output); ``emb`` is the
+  residual stream before layer 0 (the token embeddings, Gemma's scaling included);
+* ``mlp`` -- the MLP's contribution to the residual stream: the output of Gemma 3's
+  ``post_feedforward_layernorm`` (which follows its MLP), of ``mlp`` in Qwen.
+
+How a run is laid out. The tool block is the same for every request, so its keys/values are
+computed once (``PrefixCache``) and nothing in it is ever edited. The tokens after it that every
+request shares (the rest of the system turn, or the few-shot examples of the text format) come next:
+they are run once, at batch 1, with the same edit as the requests (so an ablation "at every position
+after the tool block" covers them), and their keys/values are broadcast to the request batches.
+Then the request tokens up to the reply position run batched, right-padded, with explicit positions
+and boolean masks (``build_masks``; sliding-window layers included).
+
+Requests are batched by length (little padding); results come back in the order given.
+
+An ablation at layer ``l`` cannot change layers below ``l``, so on the request tokens those layers
+are not run again: nnsight's ``skip`` hands them their output from the clean run
+(``Clean.resid_all``). Patching only the reply position leaves every earlier position unchanged,
+so ``patch_decision`` re-runs the reply token alone on the keys/values of the clean run
+(``Clean.caches``): one token per request instead of the whole request.
+
+Edits and reads go through nnsight (``nnsight.NNsight(decoder).trace(...)``: ``module.output`` is
+read or replaced, ``module.skip(...)``). Checked with nnsight 0.8.1 and transformers 5.23: the
+decoder call takes the explicit mask dict, position ids and ``DynamicCache`` unchanged and gives
+the same numbers as a plain forward and as the engine (tests/test_interventions.py). Cost,
+measured on gemma-3-270m-tools (2 CPU cores; one decoder call on 40 requests x 44 tokens after a
+cached 212-token prefix; best of 7): plain call 2.13 s; nnsight trace, no edit 2.13 s; nnsight
+reading every layer at the reply position and zeroing one MLP 2.17 s; the same with plain torch
+forward hooks 2.19 s. On a tiny model a trace adds about 0.7 ms per call. nnsight is not measurably
+slower here, so nothing falls back to hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import nnsight
+import torch
+
+from .models import LoadedModel
+from .prompts import Formatted, PromptFormatter
+from .scoring import PrefixCache, build_masks, decoder_parts
+from .tools import Tool
+
+SITES = ("resid", "mlp")
+
+
+def in_order(parts: list[torch.Tensor], batches: list[Batch], dim: int = 0) -> torch.Tensor:
+    """Per-batch results concatenated along ``dim`` and put back in request order."""
+    out = torch.cat(parts, dim)
+    index = torch.cat([b.index for b in batches])
+    return out.index_select(dim, torch.argsort(index))
+
+
+def shared_len(fs: list[Formatted]) -> int:
+    """Number of leading tokens every request shares (the tool block and what follows it up to the
+    request; a request's first token may absorb a space, so this is the smallest ``prefix_len``)."""
+    return min(f.prefix_len for f in fs)
+
+
+def mlp_site(layer):
+    """The submodule whose output is the MLP's contribution to the residual stream."""
+    return layer.post_feedforward_layernorm if hasattr(layer, "post_feedforward_layernorm") else layer.mlp
+
+
+@dataclass
+class Edit:
+    """Replace the ``site`` output of ``layer`` by ``value`` where ``where`` is True.
+
+    ``value``: ``[batch, q, hidden]`` or anything that broadcasts to it (``torch.zeros(())``);
+    ``where``: ``[batch, q]`` bool, or None for every position of the input.
+    """
+
+    layer: int
+    site: str
+    value: torch.Tensor
+    where: torch.Tensor | None = None
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        value = self.value.to(x.dtype).expand_as(x)
+        if self.where is None:
+            return value.clone()
+        return torch.where(self.where[..., None], value, x)
+
+
+def traced_forward(net, edits: list[Edit] = (), read_at=None, skip: dict | None = None, **decoder_kwargs):
+    """One decoder call through nnsight with ``edits`` applied.
+
+    ``read_at``: LongTensor ``[batch]`` (an input index per row) -- also return the embedding and
+    each layer's ``resid`` and ``mlp`` there, ``{"emb": [batch, hidden], "resid": [layers, batch,
+    hidden], "mlp": [layers, batch, hidden]}``; ``read_at="all"``: whole ``[.., batch, q, hidden]``.
+    ``skip``: ``{layer: output [batch, q, hidden]}`` -- those layers are not run; their output is
+    given (a layer below every edit has its clean output, so an edited run need not recompute it).
+    Returns ``(last_hidden_state [batch, q, hidden], reads or None)``.
+    """
+    by_layer, skip = {}, skip or {}
+    for e in edits:
+        if e.site not in SITES:
+            raise ValueError(f"unknown site {e.site!r}; use one of {SITES}")
+        by_layer.setdefault((e.layer, e.site), []).append(e)
+    reading = read_at is not None
+    rows = None if not reading or isinstance(read_at, str) else torch.arange(len(read_at))
+
+    def pick(x):
+        return x if rows is None else x[rows, read_at]
+
+    reads = {"emb": None, "resid": [], "mlp": []}
+    with net.trace(**decoder_kwargs):
+        if reading:
+            reads["emb"] = pick(net.embed_tokens.output).save()
+        for i, layer in enumerate(net.layers):
+            if i in skip:
+                layer.skip(skip[i])
+                continue
+            if (i, "mlp") in by_layer or reading:
+                m = mlp_site(layer)
+                for e in by_layer.get((i, "mlp"), []):
+                    m.output = e.apply(m.output)
+                if reading:
+                    reads["mlp"].append(pick(m.output).save())
+            if (i, "resid") in by_layer or reading:
+                for e in by_layer.get((i, "resid"), []):
+                    layer.output = e.apply(layer.output)
+                if reading:
+                    reads["resid"].append(pick(layer.output).save())
+        h = net.output.last_hidden_state.save()
+    if not reading:
+        return h, None
+    return h, {"emb": reads["emb"], "resid": torch.stack(reads["resid"]), "mlp": torch.stack(reads["mlp"])}
+
+
+def kv_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int | None = None):
+    """A fresh ``DynamicCache`` holding ``kv`` (per layer ``[1 or batch, kv_heads, keys, head_dim]``)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(kv):
+        if batch is not None:
+            k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+        cache.update(k, v, i)
+    return cache
+
+
+@dataclass
+class Batch:
+    """Requests run together: their tokens after the shared tokens, right-padded.
+
+    ``index``: ``[batch]`` position of each request in the list given; ``ids``/``valid``: ``[batch, q]``;
+    ``reply``: ``[batch]`` index of the reply position in ``ids``; ``start``: prompt position of
+    ``ids[:, 0]`` (the shared length).
+    """
+
+    formatted: list[Formatted]
+    index: torch.Tensor
+    ids: torch.Tensor
+    valid: torch.Tensor
+    reply: torch.Tensor
+    start: int
+
+
+@dataclass
+class Readout:
+    """The decision of each request, and (clean runs) the activations at its reply position.
+
+    ``p_tool``, ``p_other``: ``[n]``; ``emb``: ``[n, hidden]``; ``resid``, ``mlp``: ``[layers, n, hidden]``.
+    """
+
+    p_tool: torch.Tensor
+    p_other: torch.Tensor
+    emb: torch.Tensor | None = None
+    resid: torch.Tensor | None = None
+    mlp: torch.Tensor | None = None
+
+    @property
+    def decides_tool(self) -> torch.Tensor:
+        """``[n]`` bool, as ``Choice.decides_tool``."""
+        return self.p_tool > self.p_other
+
+
+@dataclass
+class Clean(Readout):
+    """A clean run, plus what ablation and patching reuse: per batch, the keys/values of the request
+    tokens (per layer ``[batch, kv_heads, q, head_dim]``) and every layer's output at every request position
+    (``resid_all``: ``[layers, batch, q, hidden]``); the mean MLP output at each position
+    (``mlp_mean [layers, offsets, hidden]``, indexed by distance before the reply position); the
+    mean token embedding of each request's own text (``request_emb [n, hidden]``)."""
+
+    caches: list = field(default_factory=list, repr=False)
+    resid_all: list = field(default_factory=list, repr=False)
+    mlp_mean: torch.Tensor | None = field(default=None, repr=False)
+    request_emb: torch.Tensor | None = None
+
+
+class Intervener:
+    """Runs requests against one tool list with edits at chosen layers and sites."""
+
+    def __init__(self, lm: LoadedModel, tools: list[Tool], batch_size: int = 16):
+        self.lm, self.tools, self.batch_size = lm, tools, batch_size
+        self.model = lm.model
+        self.decoder, self.head, self.softcap = decoder_parts(lm.model)
+        self.net = nnsight.NNsight(self.decoder)
+        self.formatter = PromptFormatter(lm.tokenizer, lm.spec.prompt_format, lm.spec.family)
+        self.open_ids = self.formatter.call_open_ids()
+        self.layers = len(self.decoder.layers)
+        self._tool_prefix = None
+        self._text_end: dict[str, int] = {}
+        self._shared: dict = {}
+
+    # -- layout --------------------------------------------------------------------------------
+
+    def format(self, requests: list[str]) -> list[Formatted]:
+        fs = [self.formatter.format(r, self.tools) for r in requests]
+        for r, f in zip(requests, fs):  # last token of the request text (for its mean embedding)
+            end = f.text.rfind(r) + len(r)
+            self._text_end[f.text] = sum(1 for s, _ in f.offsets if s < end)
+        if self._tool_prefix is None:
+            self._tool_prefix = PrefixCache(self.model, fs[0].input_ids[: fs[0].tool_block_end])
+        P = shared_len(fs)
+        for f in fs:
+            if f.input_ids[:P] != fs[0].input_ids[:P] or P < f.tool_block_end:
+                raise ValueError("requests do not share their prefix; format them with the same tool list")
+        return fs
+
+    def batches(self, fs: list[Formatted]) -> list[Batch]:
+        """Requests grouped by length (less padding); ``Batch.index`` says where each one came from."""
+        P = shared_len(fs)
+        order = sorted(range(len(fs)), key=lambda i: fs[i].prompt_len)
+        out = []
+        for b0 in range(0, len(fs), self.batch_size):
+            index = order[b0 : b0 + self.batch_size]
+            part = [fs[i] for i in index]
+            suffixes = [f.input_ids[P : f.prompt_len] for f in part]
+            S = max(len(s) for s in suffixes)
+            ids = torch.zeros(len(part), S, dtype=torch.long)
+            valid = torch.zeros(len(part), S, dtype=torch.bool)
+            for b, s in enumerate(suffixes):
+                ids[b, : len(s)] = torch.tensor(s)
+                valid[b, : len(s)] = True
+            out.append(Batch(part, torch.tensor(index), ids, valid,
+                             torch.tensor([f.reply_position - P for f in part]), P))
+        return out
+
+    def shared(self, fs: list[Formatted], edits: list[Edit] = ()) -> list:
+        """Keys/values of the tokens every request shares, ``[1, kv_heads, shared_len, head_dim]``
+        per layer; ``edits`` apply to the shared tokens after the tool block."""
+        f, P = fs[0], shared_len(fs)
+        T = f.tool_block_end
+        key = tuple(f.input_ids[:P])
+        if not edits and key in self._shared:
+            return self._shared[key]
+        cache = self._tool_prefix.expand(1)
+        if P > T:
+            pos = torch.arange(T, P)[None]
+            k_pos = torch.arange(P)[None]
+            masks = build_masks(self.model, pos, k_pos, torch.ones(1, P, dtype=torch.bool))
+            with torch.inference_mode():
+                traced_forward(self.net, edits, input_ids=torch.tensor([f.input_ids[T:P]]), attention_mask=masks,
+                               position_ids=pos, past_key_values=cache, use_cache=True)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        if not edits:
+            self._shared = {key: kv}  # the clean shared keys/values of the current request set
+        return kv
+
+    def _request_forward(self, batch: Batch, shared_kv, edits, read_at=None, skip=None):
+        B, S = batch.ids.shape
+        P = shared_kv[0][0].shape[2]
+        q_pos = (P + torch.arange(S)).expand(B, S)
+        k_pos = torch.cat([torch.arange(P).expand(B, P), q_pos], 1)
+        k_valid = torch.cat([torch.ones(B, P, dtype=torch.bool), batch.valid], 1)
+        cache = kv_cache(shared_kv, B)
+        with torch.inference_mode():
+            h, reads = traced_forward(self.net, edits, read_at, skip, input_ids=batch.ids,
+                                      attention_mask=build_masks(self.model, q_pos, k_pos, k_valid),
+                                      position_ids=q_pos, past_key_values=cache, use_cache=True)
+        # keep only the request tokens' keys/values (a copy, so the shared part is not held per batch)
+        return h, reads, [(layer.keys[:, :, P:].clone(), layer.values[:, :, P:].clone()) for layer in cache.layers]
+
+    def decision(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(p_tool, p_other)``, each ``[batch]``, from final hidden states ``[batch, hidden]``."""
+        with torch.inference_mode():
+            logits = self.head(h).float()
+            if self.softcap:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            probs = torch.softmax(logits, -1)
+            p_tool = probs[:, self.open_ids].sum(-1)
+            probs[:, self.open_ids] = 0
+            return p_tool, probs.max(-1).values
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def clean(self, fs: list[Formatted]) -> Clean:
+        """The unedited run: decisions, activations at the reply position, caches, MLP means."""
+        shared_kv = self.shared(fs)
+        p, o, emb, resid, mlp, caches, req_emb, resid_all = [], [], [], [], [], [], [], []
+        sums = counts = None
+        batches = self.batches(fs)
+        for batch in batches:
+            h, r, kv = self._request_forward(batch, shared_kv, [], read_at="all")
+            rows = torch.arange(len(batch.reply))
+            pt, po = self.decision(h[rows, batch.reply])
+            p.append(pt), o.append(po), caches.append(kv), resid_all.append(r["resid"])
+            emb.append(r["emb"][rows, batch.reply])
+            resid.append(r["resid"][:, rows, batch.reply])
+            mlp.append(r["mlp"][:, rows, batch.reply])
+            req_emb.append(self._request_embedding(batch, r["emb"]))
+            # mean MLP output over requests at each distance before the reply position
+            if sums is None:
+                sums = torch.zeros(self.layers, 0, r["mlp"].shape[-1])
+                counts = torch.zeros(0)
+            for b, f in enumerate(batch.formatted):
+                n = int(batch.reply[b]) + 1
+                if n > len(counts):
+                    sums = torch.cat([sums, torch.zeros(self.layers, n - len(counts), sums.shape[-1])], 1)
+                    counts = torch.cat([counts, torch.zeros(n - len(counts))])
+                sums[:, :n] += r["mlp"][:, b, :n].flip(1)
+                counts[:n] += 1
+        return Clean(in_order(p, batches), in_order(o, batches), in_order(emb, batches), in_order(resid, batches, 1),
+                     in_order(mlp, batches, 1), caches=caches, resid_all=resid_all,
+                     mlp_mean=sums / counts[None, :, None], request_emb=in_order(req_emb, batches))
+
+    def _request_embedding(self, batch: Batch, emb: torch.Tensor) -> torch.Tensor:
+        """Mean token embedding of each request's own text, ``[batch, hidden]`` (``emb [batch, q, hidden]``)."""
+        P = batch.start
+        return torch.stack([emb[b, f.prefix_len - P : self._text_end[f.text] - P].mean(0)
+                            for b, f in enumerate(batch.formatted)])
+
+    def run(self, fs: list[Formatted], layer_edits, clean: Clean | None = None, below: int = 0) -> Readout:
+        """An edited run over every position after the tool block.
+
+        ``layer_edits(batch) -> list[Edit]`` gives the edits of a request batch; ``layer_edits(None)``
+        those of the shared tokens (batch 1). Layers under ``below`` (no edits there) take their
+        output from ``clean`` on the request tokens instead of being run again.
+        """
+        shared_kv = self.shared(fs, layer_edits(None))
+        p, o = [], []
+        batches = self.batches(fs)
+        for j, batch in enumerate(batches):
+            skip = {i: clean.resid_all[j][i] for i in range(below)} if clean is not None else None
+            h, _, _ = self._request_forward(batch, shared_kv, layer_edits(batch), skip=skip)
+            pt, po = self.decision(h[torch.arange(len(batch.reply)), batch.reply])
+            p.append(pt), o.append(po)
+        return Readout(in_order(p, batches), in_order(o, batches))
+
+    def ablate_mlp(self, fs: list[Formatted], clean: Clean, layer: int, kind: str = "zero") -> Readout:
+        """The MLP output of ``layer`` set to zero (``kind="zero"``) or to its mean over the requests at
+        the same position (``"mean"``, from ``clean.mlp_mean``), at every position after the tool block.
+
+        Mean ablation leaves the shared tokens alone: they are the same in every request, so their
+        mean is their own value. Request positions are matched by their distance before the reply
+        position (the closing template tokens line up; the request texts are averaged).
+        """
+        if kind not in ("zero", "mean"):
+            raise ValueError(f"unknown ablation {kind!r}; use 'zero' or 'mean'")
+
+        def edits(batch):
+            if kind == "zero":
+                return [Edit(layer, "mlp", torch.zeros(()))]
+            if batch is None:
+                return []
+            dist = (batch.reply[:, None] - torch.arange(batch.ids.shape[1])[None]).clamp(0, clean.mlp_mean.shape[1] - 1)
+            return [Edit(layer, "mlp", clean.mlp_mean[layer][dist], batch.valid)]
+        return self.run(fs, edits, clean, below=layer)
+
+    def patch_decision(self, fs: list[Formatted], clean: Clean, layer: int, site: str,
+                       source: torch.Tensor) -> Readout:
+        """Replace the ``site`` output of ``layer`` at each request's reply position by
+        ``source [n, hidden]`` and read the decision again. Earlier positions cannot change, so only
+        the reply token is re-run, on the clean run's keys/values."""
+        p, o = [], []
+        batches = self.batches(fs)
+        shared_kv = self.shared(fs)
+        for batch, request_kv in zip(batches, clean.caches):
+            B, S = batch.ids.shape
+            P = batch.start
+            K = P + S
+            cache = kv_cache(shared_kv, B)
+            for i, (k, v) in enumerate(request_kv):
+                cache.update(k, v, i)
+            rows = torch.arange(B)
+            q_pos = (P + batch.reply)[:, None]
+            earlier = torch.cat([torch.ones(B, P, dtype=torch.bool),
+                                 batch.valid & (torch.arange(S)[None] < batch.reply[:, None])], 1)
+            k_pos = torch.cat([torch.arange(K).expand(B, K), q_pos], 1)
+            k_valid = torch.cat([earlier, torch.ones(B, 1, dtype=torch.bool)], 1)
+            edit = Edit(layer, site, source[batch.index][:, None])
+            with torch.inference_mode():
+                h, _ = traced_forward(self.net, [edit], input_ids=batch.ids[rows, batch.reply][:, None],
+                                      attention_mask=build_masks(self.model, q_pos, k_pos, k_valid),
+                                      position_ids=q_pos, past_key_values=cache, use_cache=True)
+            pt, po = self.decision(h[:, 0])
+            p.append(pt), o.append(po)
+        return Readout(in_order(p, batches), in_order(o, batches))
+
+
+__all__ = ["Edit", "Intervener", "Readout", "Clean", "Batch", "SITES", "mlp_site", "traced_forward", "kv_cache"]
