@@ -81,7 +81,7 @@ def evaluate(lm, requests, tools, cfg) -> list[dict]:
     return out
 
 
-def scores(rows: list[dict], names: list[str]) -> dict:
+def scores(rows: list[dict]) -> dict:
     tool_rows = [r for r in rows if r["gold"]]
     needs = np.array([bool(r["gold"]) for r in rows])
     p_tool = np.array([r["p_tool"] for r in rows])
@@ -98,7 +98,7 @@ def scores(rows: list[dict], names: list[str]) -> dict:
 
 def summarise(run: Run, rows: dict, divergence: list[dict], source: dict, names: list[str], folder,
               example: dict) -> None:
-    child, base = scores(rows["child"], names), scores(rows["base"], names)
+    child, base = scores(rows["child"]), scores(rows["base"])
     argmax = max(divergence, key=lambda d: d["attention_mlp"])["layer"]
     losses = source["losses"]
     metrics = {**child, **{f"base_{k}": v for k, v in base.items()},
@@ -168,8 +168,8 @@ def summarise(run: Run, rows: dict, divergence: list[dict], source: dict, names:
                     f"the tuned child in its chat format (right).")
     plt.close(fig)
 
-    run.result(metrics, base=BASE, format_example=example, checkpoint=str(folder.relative_to(paths.ROOT)) if folder.is_relative_to(paths.ROOT)
-               else str(folder))
+    where = folder.relative_to(paths.ROOT) if folder.is_relative_to(paths.ROOT) else folder
+    run.result(metrics, base=BASE, format_example=example, checkpoint=str(where))
     fc, tn = child["forced_choice_accuracy"], child["tool_no_tool_accuracy"]
     print(f"[finetune] {CHILD}: forced {fc['value']:.3f} [{fc['lo']:.3f}, {fc['hi']:.3f}] tool/no-tool "
           f"{tn['value']:.3f} [{tn['lo']:.3f}, {tn['hi']:.3f}]; base forced "
