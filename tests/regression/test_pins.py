@@ -28,6 +28,13 @@ PINS = {
         "accuracy", "top_heads.0.layer", "top_heads.0.head", "top_heads.0.corr", "top_heads.0.top1_rate",
         "top_heads.9.corr", "max_corr", "n_significant", "best_top1_rate", "mean_entropy_bits",
         "mean_tool_block_share", "top_heads_positive_corr_share"]),
+    "finetune": (["gemma-3-270m-tools"], [
+        "forced_choice_accuracy", "tool_no_tool_accuracy", "generation_call_validity", "p_tool_auc",
+        "base_forced_choice_accuracy", "base_tool_no_tool_accuracy", "final_loss", "weight_divergence_argmax_layer"]),
+    "circuit_zones": (["gemma-3-270m-tools", "gemma-3-270m"], [
+        "tool_no_tool_accuracy", "probe_accuracy.L0", "probe_accuracy.L5", "probe_accuracy.L11",
+        "first_layer_probe_95", "worst_mlp_layer", "worst_mlp_drop", "mlp_ablation_drop.L5",
+        "flip_rate.L10", "flip_rate.L11", "flip_rate.L12", "pc1_variance.L11"]),
 }
 CASES = [(m, a) for a, (ms, _) in PINS.items() for m in ms]
 
