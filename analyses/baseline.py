@@ -11,7 +11,6 @@ other first token; P(tool) > 0.5; and whether the free reply makes a call) with 
 
 from __future__ import annotations
 
-import argparse
 import collections
 import time
 
@@ -156,16 +155,7 @@ def p_tool_figure(p_tool, needs, model):
     return fig
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="fast")
-    ap.add_argument("--model", default="qwen2.5-coder-1.5b")
-    args = ap.parse_args(argv)
-    run(args.profile, args.model)
-
-
 if __name__ == "__main__":
-    from toolattn.errors import cli_errors
+    from toolattn.errors import analysis_main
 
-    with cli_errors():
-        main()
+    analysis_main(run, __doc__, "qwen2.5-coder-1.5b")

@@ -35,7 +35,6 @@ here, though a different model (or a differently tuned child) need not place any
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -420,16 +419,7 @@ def zone_figure(zones, first, model):
     return fig
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="fast")
-    ap.add_argument("--model", default="gemma-3-270m-tools")
-    args = ap.parse_args(argv)
-    run(args.profile, args.model)
-
-
 if __name__ == "__main__":
-    from toolattn.errors import cli_errors
+    from toolattn.errors import analysis_main
 
-    with cli_errors():
-        main()
+    analysis_main(run, __doc__, "gemma-3-270m-tools")

@@ -14,7 +14,6 @@ attention and MLP weights.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import matplotlib
@@ -177,16 +176,7 @@ def summarise(run: Run, rows: dict, divergence: list[dict], source: dict, names:
           f" trained {metrics['train_steps']} steps in {metrics['train_seconds']:.0f}s")
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="fast")
-    ap.add_argument("--model", default=CHILD, choices=[CHILD], help="fixed: the tuned child")
-    args = ap.parse_args(argv)
-    run(args.profile)
-
-
 if __name__ == "__main__":
-    from toolattn.errors import cli_errors
+    from toolattn.errors import analysis_main
 
-    with cli_errors():
-        main()
+    analysis_main(lambda profile, model: run(profile), __doc__, CHILD, [CHILD])

@@ -20,7 +20,6 @@ Heads are grouped by the KV head they read from (grouped-query attention).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import math
 import time
@@ -310,16 +309,7 @@ def figures(run: Run, s: dict, x: np.ndarray, chosen, names, order, L, H, KV, si
     plt.close(fig)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="fast")
-    ap.add_argument("--model", default="qwen2.5-coder-1.5b")
-    args = ap.parse_args(argv)
-    run(args.profile, args.model)
-
-
 if __name__ == "__main__":
-    from toolattn.errors import cli_errors
+    from toolattn.errors import analysis_main
 
-    with cli_errors():
-        main()
+    analysis_main(run, __doc__, "qwen2.5-coder-1.5b")

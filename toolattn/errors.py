@@ -26,3 +26,15 @@ def cli_errors():
     except KeyboardInterrupt:
         print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+
+
+def analysis_main(run, doc: str, default_model: str, models: list[str] | None = None) -> None:
+    """The command line of an analysis: ``python -m analyses.<name> --profile P --model M``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--profile", default="fast")
+    ap.add_argument("--model", default=default_model, choices=models)
+    args = ap.parse_args()
+    with cli_errors():
+        run(args.profile, args.model)
