@@ -63,7 +63,6 @@ def main(argv=None) -> None:
     formatted = engine.format(reqs, tools)
     engine.score(reqs[:2], tools)  # warm-up (pages the weights in)
     engine._prefix_key = None  # time the prefix too
-    engine.tokens_processed = 0
     t0 = time.perf_counter()
     prefix = engine.prefix(tools, formatted[0])
     t_prefix = time.perf_counter() - t0

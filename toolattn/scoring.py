@@ -117,7 +117,6 @@ class ToolChoiceEngine:
         if prefix_end not in ("shared", "tool_block"):
             raise ValueError(f"prefix_end must be 'shared' or 'tool_block', not {prefix_end!r}")
         self.prefix_end = prefix_end
-        self.tokens_processed = 0  # query tokens through the decoder (for FLOP accounting)
         self.stop_when_decided = True  # end a reply once its parsed call cannot change
 
     def prefix(self, tools: list[Tool], sample: Formatted) -> PrefixCache:
@@ -126,7 +125,6 @@ class ToolChoiceEngine:
             n = sample.prefix_len if self.prefix_end == "shared" else sample.tool_block_end
             self._prefix = PrefixCache(self.model, sample.input_ids[:n])
             self._prefix_key = key
-            self.tokens_processed += n
         return self._prefix
 
     def format(self, requests: list[str], tools: list[Tool]) -> list[Formatted]:
@@ -196,7 +194,6 @@ class ToolChoiceEngine:
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
             logp = torch.log_softmax(logits, -1)
-        self.tokens_processed += int(q_valid.sum())
         probs = logp[:, 0].exp()
         p_tool = probs[:, open_ids].sum(-1)
         probs[:, open_ids] = 0
@@ -262,7 +259,6 @@ class ToolChoiceEngine:
                 h = decoder(input_ids=nxt[:, None], attention_mask=build_masks(self.model, pos, k_pos, k_valid),
                             position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
                 last = h[:, 0]
-        self.tokens_processed += int(q_valid.sum()) + sum(len(o) for o in out)
         return out
 
 
@@ -284,10 +280,4 @@ def naive_choice(lm: LoadedModel, request: str, tools: list[Tool]) -> Choice:
     return Choice(f.text, logprobs, p_tool)
 
 
-def flops_per_token(model) -> float:
-    """Approximate forward FLOPs per token from the non-embedding weight matrices (2 x params)."""
-    n = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name)
-    return 2.0 * n
-
-
-__all__ = ["Choice", "ToolChoiceEngine", "PrefixCache", "naive_choice", "build_masks", "flops_per_token"]
+__all__ = ["Choice", "ToolChoiceEngine", "PrefixCache", "naive_choice", "build_masks"]
