@@ -124,6 +124,7 @@ class Run:
         self.config, self.inputs, self.seed = config, dict(inputs), seed
         self.tables: dict[str, str] = {}
         self.figures: dict[str, dict] = {}
+        self.timings: dict[str, float] = {}
         self._result: dict | None = None
 
     def __enter__(self):
@@ -144,7 +145,7 @@ class Run:
                 "analysis": self.analysis, "model": self.model, "profile": self.profile,
                 "git_sha": sha, "git_dirty": dirty, "config": self.config, "inputs": self.inputs,
                 "versions": versions(), "device": "cpu", "dtype": "float32", "seed": self.seed,
-                "wall_time_s": round(time.time() - self.t0, 2),
+                "wall_time_s": round(time.time() - self.t0, 2), "timings": self.timings,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             })
         return False
@@ -163,6 +164,10 @@ class Run:
         value = compute()
         write_json(path, value)
         return value
+
+    def timing(self, name: str, seconds: float) -> None:
+        """Record a cost (seconds, bytes, ...) in manifest.json: result.json stays the same for the same inputs."""
+        self.timings[name] = round(float(seconds), 4)
 
     def write_csv(self, name: str, rows: list[dict]) -> None:
         write_csv(self.dir / f"{name}.csv", rows)
