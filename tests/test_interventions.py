@@ -59,24 +59,53 @@ def test_clean_run_matches_engine(setup, tools):
 
 
 def test_zero_ablation_equals_manual_forward(setup):
+    """Both scopes: every position (tool block recomputed) and every position after the tool block."""
     lm, iv, fs, clean = setup
     for layer in (1, iv.layers - 1):
-        got = iv.ablate_mlp(fs, clean, layer, "zero")
-        for i, f in enumerate(fs):
-            def zero_after_tool_block(module, args, out, start=f.tool_block_end):
-                out = out.clone()
-                out[:, start:] = 0
-                return out
-            ref = reply_probs(lm, iv, f, layer, zero_after_tool_block)
-            assert close(torch.stack([got.p_tool[i], got.p_other[i]]), ref), (layer, i)
+        for scope in ("all", "after_block"):
+            got = iv.ablate_mlp(fs, clean, layer, "zero", scope)
+            for i, f in enumerate(fs):
+                def zero(module, args, out, start=0 if scope == "all" else f.tool_block_end):
+                    out = out.clone()
+                    out[:, start:] = 0
+                    return out
+                ref = reply_probs(lm, iv, f, layer, zero)
+                assert close(torch.stack([got.p_tool[i], got.p_other[i]]), ref), (layer, scope, i)
 
 
-def test_mean_ablation_of_one_request_changes_nothing(setup):
-    lm, iv, fs, _ = setup
-    one = fs[2:3]
-    clean = iv.clean(one)  # the mean over one request is its own activation
-    for layer in (0, iv.layers - 1):
-        assert close(iv.ablate_mlp(one, clean, layer, "mean").p_tool, clean.p_tool)
+def mlp_outputs(lm, iv, f, layer) -> torch.Tensor:
+    """``[prompt_len, hidden]``: the MLP output of ``layer`` at every prompt token (plain forward + hook)."""
+    seen = []
+    handle = mlp_site(iv.decoder.layers[layer]).register_forward_hook(lambda m, a, out: seen.append(out[0].clone()))
+    try:
+        with torch.inference_mode():
+            lm.model(input_ids=torch.tensor([f.input_ids[: f.prompt_len]]))
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_mean_ablation_uses_the_mean_over_every_prompt_token_and_equals_manual_forward(setup):
+    lm, iv, fs, clean = setup
+    layer = 1
+    every = torch.cat([mlp_outputs(lm, iv, f, layer) for f in fs])  # [all tokens of all prompts, hidden]
+    assert torch.allclose(clean.mlp_mean[layer], every.mean(0), atol=1e-5)
+    got = iv.ablate_mlp(fs, clean, layer, "mean", "all")
+    for i, f in enumerate(fs):
+        def mean(module, args, out):
+            return clean.mlp_mean[layer].expand_as(out).clone()
+        assert close(torch.stack([got.p_tool[i], got.p_other[i]]), reply_probs(lm, iv, f, layer, mean)), i
+
+
+def test_text_loss_equals_full_forward(setup):
+    lm, iv, fs, clean = setup
+    for i, f in enumerate(fs):
+        t0, t1 = f.prefix_len, iv._text_end[f.text]
+        with torch.inference_mode():
+            logits = lm.model(input_ids=torch.tensor([f.input_ids[: f.prompt_len]])).logits[0].float()
+        ref = torch.nn.functional.cross_entropy(logits[t0 : t1 - 1], torch.tensor(f.input_ids[t0 + 1 : t1]))
+        assert torch.allclose(clean.text_nll[i], ref, atol=1e-4), i
+    assert bool((iv.ablate_mlp(fs, clean, 0, "zero").text_nll != clean.text_nll).any())
 
 
 def test_zero_ablation_changes_the_decision_probabilities(setup):
@@ -105,6 +134,31 @@ def test_decision_patch_equals_full_recompute(setup):
         with torch.inference_mode():
             h, _ = traced_forward(iv.net, [Edit(1, "resid", source[i][None, None], where)],
                                   input_ids=torch.tensor([f.input_ids[:n]]))
+        assert close(torch.stack(iv.decision(h[:, f.reply_position]))[:, 0], torch.stack([got.p_tool[i], got.p_other[i]]))
+
+
+def test_request_patch_equals_full_recompute_and_self_patch_changes_nothing(setup):
+    """Patching the residual stream at every request position (aligned from the reply position) equals
+    the same edit inside a full forward of the recipient; patching a request with itself changes nothing."""
+    lm, iv, fs, clean = setup
+    layer = 1
+    own = iv.patch_request(fs, clean, layer, [0, 1, 2, 3])
+    assert close(own.p_tool, clean.p_tool) and close(own.p_other, clean.p_other)
+    source = [2, 0, 3, 1]
+    got = iv.patch_request(fs, clean, layer, source)
+    start = min(f.prefix_len for f in fs)  # the shared tokens
+    for i, f in enumerate(fs):
+        s = fs[source[i]]
+        with torch.inference_mode():
+            _, reads = traced_forward(iv.net, [], "all", input_ids=torch.tensor([s.input_ids[: s.prompt_len]]))
+        n = min(s.prompt_len, f.prompt_len) - start  # request positions both have, counted back from the reply
+        value = torch.zeros(1, f.prompt_len, reads["resid"].shape[-1])
+        where = torch.zeros(1, f.prompt_len, dtype=torch.bool)
+        value[0, f.prompt_len - n :] = reads["resid"][layer][0, s.prompt_len - n :]
+        where[0, f.prompt_len - n :] = True
+        with torch.inference_mode():
+            h, _ = traced_forward(iv.net, [Edit(layer, "resid", value, where)],
+                                  input_ids=torch.tensor([f.input_ids[: f.prompt_len]]))
         assert close(torch.stack(iv.decision(h[:, f.reply_position]))[:, 0], torch.stack([got.p_tool[i], got.p_other[i]]))
 
 

@@ -178,6 +178,7 @@ class Readout:
     emb: torch.Tensor | None = None
     resid: torch.Tensor | None = None
     mlp: torch.Tensor | None = None
+    text_nll: torch.Tensor | None = None  # [n] mean next-token loss (nats) over the request's own text
 
     @property
     def decides_tool(self) -> torch.Tensor:
@@ -189,9 +190,9 @@ class Readout:
 class Clean(Readout):
     """A clean run, plus what ablation and patching reuse: per batch, the keys/values of the request
     tokens (per layer ``[batch, kv_heads, q, head_dim]``) and every layer's output at every request position
-    (``resid_all``: ``[layers, batch, q, hidden]``); the mean MLP output at each position
-    (``mlp_mean [layers, offsets, hidden]``, indexed by distance before the reply position); the
-    mean token embedding of each request's own text (``request_emb [n, hidden]``)."""
+    (``resid_all``: ``[layers, batch, q, hidden]``); the mean MLP output over every token of every
+    prompt, tool block included (``mlp_mean [layers, hidden]``); the mean token embedding of each
+    request's own text (``request_emb [n, hidden]``)."""
 
     caches: list = field(default_factory=list, repr=False)
     resid_all: list = field(default_factory=list, repr=False)
@@ -213,6 +214,7 @@ class Intervener:
         self._tool_prefix = None
         self._text_end: dict[str, int] = {}
         self._shared: dict = {}
+        self._prompt: dict = {}
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -248,15 +250,17 @@ class Intervener:
                              torch.tensor([f.reply_position - P for f in part]), P))
         return out
 
-    def shared(self, fs: list[Formatted], edits: list[Edit] = ()) -> list:
+    def shared(self, fs: list[Formatted], edits: list[Edit] = (), tool_kv: list | None = None) -> list:
         """Keys/values of the tokens every request shares, ``[1, kv_heads, shared_len, head_dim]``
-        per layer; ``edits`` apply to the shared tokens after the tool block."""
+        per layer; ``edits`` apply to the shared tokens after the tool block, whose keys/values are
+        ``tool_kv`` (default: the clean tool block)."""
         f, P = fs[0], shared_len(fs)
         T = f.tool_block_end
         key = tuple(f.input_ids[:P])
-        if not edits and key in self._shared:
+        plain = not edits and tool_kv is None
+        if plain and key in self._shared:
             return self._shared[key]
-        cache = self._tool_prefix.expand(1)
+        cache = kv_cache(tool_kv or self._tool_prefix.kv, 1)
         if P > T:
             pos = torch.arange(T, P)[None]
             k_pos = torch.arange(P)[None]
@@ -265,9 +269,43 @@ class Intervener:
                 traced_forward(self.net, edits, input_ids=torch.tensor([f.input_ids[T:P]]), attention_mask=masks,
                                position_ids=pos, past_key_values=cache, use_cache=True)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
-        if not edits:
+        if plain:
             self._shared = {key: kv}  # the clean shared keys/values of the current request set
         return kv
+
+    def shared_reads(self, fs: list[Formatted]) -> dict:
+        """The clean shared tokens, read once at batch 1: every layer's output on the tool block
+        (``resid [layers, 1, tool_block_end, hidden]``, to skip unchanged layers when it is recomputed)
+        and the sum of every layer's MLP output over the shared tokens (``mlp_sum [layers, hidden]``,
+        ``n`` tokens)."""
+        f, P = fs[0], shared_len(fs)
+        key = tuple(f.input_ids[:P])
+        if key not in self._prompt:
+            pos = torch.arange(P)[None]
+            masks = build_masks(self.model, pos, pos, torch.ones(1, P, dtype=torch.bool))
+            with torch.inference_mode():
+                _, r = traced_forward(self.net, [], "all", input_ids=torch.tensor([f.input_ids[:P]]),
+                                      attention_mask=masks, position_ids=pos)
+            self._prompt = {key: {"resid": r["resid"][:, :, : f.tool_block_end], "mlp_sum": r["mlp"][:, 0].sum(1),
+                                  "n": P}}
+        return self._prompt[key]
+
+    def tool_block(self, fs: list[Formatted], edits: list[Edit], below: int = 0) -> list:
+        """Keys/values of the tool block recomputed with ``edits`` (per layer ``[1, kv_heads, T, head_dim]``).
+        Layers under ``below`` (no edits there) keep their clean keys/values and are not run."""
+        from transformers import DynamicCache
+
+        ids = self._tool_prefix.ids
+        T = len(ids)
+        pos = torch.arange(T)[None]
+        resid = self.shared_reads(fs)["resid"]
+        cache = DynamicCache()
+        with torch.inference_mode():
+            traced_forward(self.net, edits, skip={i: resid[i] for i in range(below)}, input_ids=torch.tensor([ids]),
+                           attention_mask=build_masks(self.model, pos, pos, torch.ones(1, T, dtype=torch.bool)),
+                           position_ids=pos, past_key_values=cache, use_cache=True)
+        return [self._tool_prefix.kv[i] if i < below else (cache.layers[i].keys, cache.layers[i].values)
+                for i in range(self.layers)]
 
     def _request_forward(self, batch: Batch, shared_kv, edits, read_at=None, skip=None):
         B, S = batch.ids.shape
@@ -299,8 +337,10 @@ class Intervener:
     def clean(self, fs: list[Formatted]) -> Clean:
         """The unedited run: decisions, activations at the reply position, caches, MLP means."""
         shared_kv = self.shared(fs)
-        p, o, emb, resid, mlp, caches, req_emb, resid_all = [], [], [], [], [], [], [], []
-        sums = counts = None
+        reads = self.shared_reads(fs)
+        # MLP output summed over every token of every prompt: the shared tokens once per request
+        sums, count = reads["mlp_sum"] * len(fs), reads["n"] * len(fs)
+        p, o, emb, resid, mlp, caches, req_emb, resid_all, nll = [], [], [], [], [], [], [], [], []
         batches = self.batches(fs)
         for batch in batches:
             h, r, kv = self._request_forward(batch, shared_kv, [], read_at="all")
@@ -311,20 +351,27 @@ class Intervener:
             resid.append(r["resid"][:, rows, batch.reply])
             mlp.append(r["mlp"][:, rows, batch.reply])
             req_emb.append(self._request_embedding(batch, r["emb"]))
-            # mean MLP output over requests at each distance before the reply position
-            if sums is None:
-                sums = torch.zeros(self.layers, 0, r["mlp"].shape[-1])
-                counts = torch.zeros(0)
-            for b, f in enumerate(batch.formatted):
-                n = int(batch.reply[b]) + 1
-                if n > len(counts):
-                    sums = torch.cat([sums, torch.zeros(self.layers, n - len(counts), sums.shape[-1])], 1)
-                    counts = torch.cat([counts, torch.zeros(n - len(counts))])
-                sums[:, :n] += r["mlp"][:, b, :n].flip(1)
-                counts[:n] += 1
+            nll.append(self.text_nll(batch, h))
+            sums = sums + (r["mlp"] * batch.valid[None, :, :, None]).sum((1, 2))
+            count += int(batch.valid.sum())
         return Clean(in_order(p, batches), in_order(o, batches), in_order(emb, batches), in_order(resid, batches, 1),
-                     in_order(mlp, batches, 1), caches=caches, resid_all=resid_all,
-                     mlp_mean=sums / counts[None, :, None], request_emb=in_order(req_emb, batches))
+                     in_order(mlp, batches, 1), in_order(nll, batches), caches=caches, resid_all=resid_all,
+                     mlp_mean=sums / count, request_emb=in_order(req_emb, batches))
+
+    def text_nll(self, batch: Batch, h: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss (nats) over each request's own text tokens, ``[batch]``, from the final
+        hidden states ``h [batch, q, hidden]``: how well the model still models language (ablations)."""
+        P = batch.start
+        out = []
+        with torch.inference_mode():
+            for b, f in enumerate(batch.formatted):
+                t0, t1 = f.prefix_len - P, self._text_end[f.text] - P  # the text's tokens in the input
+                logits = self.head(h[b, t0 : t1 - 1]).float()  # predicting tokens t0+1 .. t1-1
+                if self.softcap:
+                    logits = torch.tanh(logits / self.softcap) * self.softcap
+                target = batch.ids[b, t0 + 1 : t1]
+                out.append(torch.nn.functional.cross_entropy(logits, target))
+        return torch.stack(out)
 
     def _request_embedding(self, batch: Batch, emb: torch.Tensor) -> torch.Tensor:
         """Mean token embedding of each request's own text, ``[batch, hidden]`` (``emb [batch, q, hidden]``)."""
@@ -332,41 +379,66 @@ class Intervener:
         return torch.stack([emb[b, f.prefix_len - P : self._text_end[f.text] - P].mean(0)
                             for b, f in enumerate(batch.formatted)])
 
-    def run(self, fs: list[Formatted], layer_edits, clean: Clean | None = None, below: int = 0) -> Readout:
-        """An edited run over every position after the tool block.
+    def run(self, fs: list[Formatted], layer_edits, clean: Clean | None = None, below: int = 0,
+            tool_kv: list | None = None, nll: bool = False) -> Readout:
+        """An edited run over every position after the tool block (and over the tool block too when
+        ``tool_kv``, its recomputed keys/values, is given).
 
         ``layer_edits(batch) -> list[Edit]`` gives the edits of a request batch; ``layer_edits(None)``
         those of the shared tokens (batch 1). Layers under ``below`` (no edits there) take their
-        output from ``clean`` on the request tokens instead of being run again.
+        output from ``clean`` on the request tokens instead of being run again. ``nll``: also the
+        next-token loss on each request's text.
         """
-        shared_kv = self.shared(fs, layer_edits(None))
-        p, o = [], []
+        shared_kv = self.shared(fs, layer_edits(None), tool_kv)
+        p, o, losses = [], [], []
         batches = self.batches(fs)
         for j, batch in enumerate(batches):
             skip = {i: clean.resid_all[j][i] for i in range(below)} if clean is not None else None
             h, _, _ = self._request_forward(batch, shared_kv, layer_edits(batch), skip=skip)
             pt, po = self.decision(h[torch.arange(len(batch.reply)), batch.reply])
             p.append(pt), o.append(po)
-        return Readout(in_order(p, batches), in_order(o, batches))
+            if nll:
+                losses.append(self.text_nll(batch, h))
+        return Readout(in_order(p, batches), in_order(o, batches),
+                       text_nll=in_order(losses, batches) if nll else None)
 
-    def ablate_mlp(self, fs: list[Formatted], clean: Clean, layer: int, kind: str = "zero") -> Readout:
-        """The MLP output of ``layer`` set to zero (``kind="zero"``) or to its mean over the requests at
-        the same position (``"mean"``, from ``clean.mlp_mean``), at every position after the tool block.
-
-        Mean ablation leaves the shared tokens alone: they are the same in every request, so their
-        mean is their own value. Request positions are matched by their distance before the reply
-        position (the closing template tokens line up; the request texts are averaged).
+    def ablate_mlp(self, fs: list[Formatted], clean: Clean, layer: int, kind: str = "mean",
+                   scope: str = "all") -> Readout:
+        """The MLP output of ``layer`` set to zero (``kind="zero"``) or to its mean over every token of
+        every prompt (``"mean"``, ``clean.mlp_mean``), at every position (``scope="all"``: the tool block
+        is recomputed) or at every position after the tool block (``"after_block"``). The readout
+        includes the next-token loss on the request text, so that breaking the decision can be told
+        apart from breaking the model.
         """
         if kind not in ("zero", "mean"):
             raise ValueError(f"unknown ablation {kind!r}; use 'zero' or 'mean'")
+        if scope not in ("all", "after_block"):
+            raise ValueError(f"unknown ablation scope {scope!r}; use 'all' or 'after_block'")
+        edits = [Edit(layer, "mlp", torch.zeros(()) if kind == "zero" else clean.mlp_mean[layer])]
+        tool_kv = self.tool_block(fs, edits, below=layer) if scope == "all" else None
+        return self.run(fs, lambda batch: edits, clean, below=layer, tool_kv=tool_kv, nll=True)
+
+    def patch_request(self, fs: list[Formatted], clean: Clean, layer: int, source) -> Readout:
+        """Replace the residual stream after ``layer`` at every request position (everything after the
+        shared tokens) by that of request ``source[i]`` (``[n]`` indices), aligned by distance before the
+        reply position, as far as both requests reach; then run the layers above."""
+        rows = []  # per request (in the order given), the clean layer output up to its reply position
+        for j, batch in enumerate(self.batches(fs)):
+            for b, i in enumerate(batch.index.tolist()):
+                rows.append((i, clean.resid_all[j][layer][b, : int(batch.reply[b]) + 1]))
+        rows = [r for _, r in sorted(rows, key=lambda x: x[0])]
 
         def edits(batch):
-            if kind == "zero":
-                return [Edit(layer, "mlp", torch.zeros(()))]
             if batch is None:
-                return []
-            dist = (batch.reply[:, None] - torch.arange(batch.ids.shape[1])[None]).clamp(0, clean.mlp_mean.shape[1] - 1)
-            return [Edit(layer, "mlp", clean.mlp_mean[layer][dist], batch.valid)]
+                return []  # the shared tokens are the same in both requests
+            value = torch.zeros(*batch.ids.shape, rows[0].shape[-1])
+            where = torch.zeros(batch.ids.shape, dtype=torch.bool)
+            for b, i in enumerate(batch.index.tolist()):
+                src, r = rows[int(source[i])], int(batch.reply[b])
+                n = min(len(src), r + 1)
+                value[b, r + 1 - n : r + 1] = src[len(src) - n :]
+                where[b, r + 1 - n : r + 1] = True
+            return [Edit(layer, "resid", value, where)]
         return self.run(fs, edits, clean, below=layer)
 
     def patch_decision(self, fs: list[Formatted], clean: Clean, layer: int, site: str,
