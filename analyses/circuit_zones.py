@@ -6,28 +6,38 @@ P(tool) is the probability of the tokens that open a call, and the model decides
 opening a call beats every other first token (``decides_tool``). We state how often that reading
 agrees with the model's free greedy reply, parsed for a call.
 
-1. Linear probes. At the decision position, for the token embeddings ("emb") and after every
-   layer, a logistic-regression probe on standardised features; held-out accuracy from stratified
-   5-fold cross-validation with a 95% bootstrap CI over requests, against the same probe trained on
-   shuffled labels (the mean of a few shuffles). The decision position holds the same template token
-   in every request, so its embedding carries nothing; we also probe the mean embedding of each
-   request's own text tokens.
-2. Decision geometry. PCA of the decision-position residual per layer (centred, not scaled): the
-   share of variance on PC1, and the cross-validated accuracy of a logistic threshold on PC1 alone
-   (PCA fitted inside each fold).
-3. Whole-MLP ablation. Each layer's MLP output set to zero, or to its mean over the analysed requests
-   at the same position, at every position after the tool block. Accuracy drop against the clean
-   run (paired bootstrap CI) and the mean change of P(tool).
-4. Activation patching. Tool and no-tool requests are paired (seeded shuffle of each class, i-th
-   with i-th). The residual stream (and, separately, the MLP output) of a layer at the decision
-   position is copied from one request of a pair into the other, both ways. Flip rate: among
-   directed pairs whose clean decisions differ, the share whose decision becomes the source's.
-5. Zones, from the numbers above by a fixed rule (``zone_rule``): decodable from the first layer whose
-   probe accuracy is at least ``probe_threshold``; compute layers have a zero-ablation accuracy drop
-   whose 95% CI lies above 0; control layers have a residual flip rate of at least ``flip_threshold``;
-   stable layers are the other layers from the decodable one on; earlier ones with neither effect
-   are "pre-decodable"; a layer whose MLP was not ablated (a profile may ablate every n-th layer
-   only) and that is not a control layer is "not ablated".
+1. Linear probes. At the decision position, after every layer, a logistic-regression probe on
+   standardised features; held-out accuracy from stratified k-fold cross-validation (Wilson
+   interval over requests), against the same probe on shuffled labels. Two targets: the gold label
+   (does the request need a tool) and the model's own decision (they differ where the model errs).
+   The embedding claim is measured on the mean token embedding of each request's own text; the
+   embedding at the decision position is the same template token in every request, so its probe
+   sits at the majority rate by construction and is kept only as a sanity check.
+2. Decision geometry, per layer (PCA of the decision-position residual, centred): the share of the
+   total variance on PC1; the between-class share of the variance of the PC1 scores; and the share
+   of the squared class-mean difference that lies along PC1 (bootstrap CI over requests).
+3. Whole-MLP ablation. A layer's MLP output replaced by its mean over every token of every prompt
+   (primary) or by zero, at every position with the tool block recomputed (the reference's scope);
+   and, as a variant, mean ablation after the tool block only. Accuracy drop against the clean run
+   with an exact McNemar p and a Newcombe interval; the change of P(tool); and the change of the
+   next-token loss on the request text, which tells "breaks the decision" from "breaks the model".
+4. Activation patching. Each tool request is paired with a no-tool request (seeded); the residual
+   stream (or MLP output) of one layer at the decision position is copied from one into the other,
+   both ways. Flip rate: among directed pairs decided differently, the share whose decision becomes
+   the source's (Wilson interval; "no pairs" when none differs). Controls: the same patch between two
+   requests of the same class (the null: how often a patch changes the decision at all) and between
+   random pairs. In the last layers the decision position's residual stream is the read-out itself,
+   so patching it flips by construction; patching the whole request (every position after the shared
+   tokens, aligned from the decision position) shows the total effect available at each layer.
+5. Zones, from the numbers above by fixed rules (``zone_rule``): decodable from the first layer whose
+   gold-label probe accuracy is at least ``probe_threshold``; *broken* layers raise the loss on the
+   request text by more than ``broken_nll_increase`` nats per token when mean-ablated; *compute*
+   layers (not broken) lose accuracy under mean ablation, exact McNemar p < ``alpha`` after Holm
+   across the ablated layers; *control* layers flip at least ``flip_threshold`` of the pairs decided
+   differently and more than the same-class null (one-sided Fisher exact p < ``alpha`` after Holm
+   across layers); the control point is the first control layer; *stable* layers are the others from
+   the decodable one on, and earlier ones are *pre-decodable*; a layer whose MLP was not ablated (a
+   profile may ablate every n-th layer only) and that is not a control layer is *not ablated*.
 
 Layers are numbered from 0 on every model; a claim stated for FunctionGemma's L11 is measured at L11
 here, though a different model (or a differently tuned child) need not place anything there.
@@ -52,21 +62,28 @@ from toolattn.interventions import SITES, Intervener  # noqa: E402
 from toolattn.models import load_model  # noqa: E402
 from toolattn.parsing import parse_call  # noqa: E402
 from toolattn.scoring import ToolChoiceEngine  # noqa: E402
-from toolattn.stats import accuracy, bootstrap_ci  # noqa: E402
+from toolattn.stats import (accuracy, bootstrap_ci, empty, fisher_greater, holm, paired_difference,  # noqa: E402
+                            proportion)
 from toolattn.tools import core_tools  # noqa: E402
 
-ZONES = ("pre-decodable", "compute", "compute+control", "control", "stable", "not ablated")
+ZONES = ("pre-decodable", "compute", "compute+control", "control", "stable", "broken", "not ablated")
 ZONE_COLORS = {"pre-decodable": "#d9d9d9", "compute": "#e6550d", "compute+control": "#9e3d8c",
-               "control": "#3182bd", "stable": "#a1d99b", "not ablated": "#ffffff"}
+               "control": "#3182bd", "stable": "#a1d99b", "broken": "#636363", "not ablated": "#ffffff"}
+# MLP ablations: (kind, scope); the first is the primary reading, used by the compute rule
+ABLATIONS = (("mean", "all"), ("zero", "all"), ("mean", "after_block"))
 
 
 # --- probes and geometry ---------------------------------------------------------------------
 
 def probe(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0, shuffles: int = 3) -> dict:
     """Cross-validated accuracy of a standardised logistic-regression probe on ``X [n, features]``
-    for binary ``y [n]``: ``{"acc": {value, lo, hi, n}, "shuffled": mean accuracy on shuffled labels}``."""
+    for binary ``y [n]``: ``{"acc": {value, lo, hi, n}, "shuffled": mean accuracy on shuffled labels}``.
+    Folds are capped by the smaller class; with fewer than 2 of a class there is nothing to probe."""
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+    folds = min(folds, int(np.bincount(y, minlength=2).min()))
+    if folds < 2:
+        return {"acc": empty(), "shuffled": None}
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     correct = cross_val_predict(_probe_model(), X, y, cv=cv) == y
     rng = np.random.default_rng(seed)
@@ -106,12 +123,40 @@ def pc1(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> dict:
     return {"var": var, "acc": accuracy(pred == y)}
 
 
+def pc1_shares(X: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """``(total, between, mean_diff)`` for ``X [n, features]``, binary ``y``: the share of the total
+    variance on PC1; the between-class share of the variance of the PC1 scores; and the share of the
+    squared class-mean difference that lies along PC1."""
+    Xc = X - X.mean(0)
+    _, S, Vt = np.linalg.svd(Xc, full_matrices=False)
+    v = Vt[0]  # [features]
+    z = Xc @ v  # [n] PC1 scores
+    between = sum((y == k).sum() * (z[y == k].mean() - z.mean()) ** 2 for k in (0, 1)) / (z ** 2).sum()
+    d = X[y == 1].mean(0) - X[y == 0].mean(0)
+    return float(S[0] ** 2 / (S ** 2).sum()), float(between), float((d @ v) ** 2 / (d @ d))
+
+
+def geometry(X: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> dict | None:
+    """``pc1_shares`` with a bootstrap CI (requests resampled within each class) of the mean-difference
+    share; None when every request has the same vector (the embedding of a fixed token)."""
+    if np.all(X == X[0]):
+        return None
+    total, between, mean_diff = pc1_shares(X, y)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == k) for k in (0, 1)]
+    boots = [pc1_shares(X[i], y[i])[2] for i in
+             (np.concatenate([rng.choice(g, len(g)) for g in groups]) for _ in range(n_boot))]
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"total": total, "between": between,
+            "mean_diff": {"value": mean_diff, "lo": float(lo), "hi": float(hi), "n": len(y)}}
+
+
 # --- causal measures -------------------------------------------------------------------------
 
 def drop(clean: np.ndarray, edited: np.ndarray, needs: np.ndarray) -> dict:
-    """Tool / no-tool accuracy lost by an edit (``decides_tool`` before and after, ``[n]`` bool), with
-    a paired bootstrap CI over requests."""
-    return bootstrap_ci((clean == needs).astype(float) - (edited == needs).astype(float))
+    """Tool / no-tool accuracy lost by an edit (``decides_tool`` before and after, ``[n]`` bool): the
+    paired difference with its Newcombe interval and exact McNemar p."""
+    return paired_difference(clean == needs, edited == needs)
 
 
 def pairs(needs: np.ndarray, seed: int) -> np.ndarray:
@@ -125,34 +170,83 @@ def pairs(needs: np.ndarray, seed: int) -> np.ndarray:
     return partner
 
 
-def flip_rate(clean: np.ndarray, patched: np.ndarray, partner: np.ndarray) -> dict | None:
+def same_class_pairs(needs: np.ndarray, seed: int) -> np.ndarray:
+    """``partner [n]``: each request paired with another request of the same class (a seeded cyclic
+    shift of each shuffled class, so nobody is their own partner); -1 in a class of one."""
+    rng = np.random.default_rng(seed + 1)
+    partner = np.full(len(needs), -1)
+    for cls in (True, False):
+        idx = rng.permutation(np.flatnonzero(needs == cls))
+        if len(idx) > 1:
+            partner[idx] = np.roll(idx, 1)
+    return partner
+
+
+def random_pairs(n: int, seed: int) -> np.ndarray:
+    """``partner [n]``: each request paired with a random other request (a seeded cyclic shift)."""
+    idx = np.random.default_rng(seed + 2).permutation(n)
+    partner = np.empty(n, int)
+    partner[idx] = np.roll(idx, 1)
+    return partner
+
+
+def flip_rate(clean: np.ndarray, patched: np.ndarray, partner: np.ndarray) -> dict:
     """Among directed pairs (source -> recipient) whose clean decisions differ, the share of
-    recipients whose patched decision becomes the source's (bootstrap CI); None if no pair differs."""
-    r = np.flatnonzero((partner >= 0))
+    recipients whose patched decision becomes the source's (Wilson interval); ``n == 0`` if no pair
+    differs."""
+    r = np.flatnonzero(partner >= 0)
     r = r[clean[partner[r]] != clean[r]]
-    if len(r) == 0:
-        return None
-    return accuracy(patched[r] == clean[partner[r]])
+    return proportion(patched[r] == clean[partner[r]])
 
 
-def zone_rule(probe_acc: list, zero_drop_lo: list, flip: list, probe_threshold: float,
-              flip_threshold: float) -> tuple[int | None, list[str]]:
-    """``(decodable_from, zone per layer)`` from per-layer numbers. ``probe_acc`` has the embedding
-    first (index 0 = "emb"), then one entry per layer; ``zero_drop_lo`` (None: that layer's MLP was not
-    ablated) and ``flip`` (None: no pair to flip) one per layer. ``decodable_from`` counts the
+def change_rate(clean: np.ndarray, patched: np.ndarray, partner: np.ndarray) -> dict:
+    """Among all directed pairs, the share of recipients whose decision changes (the same-class null)."""
+    r = np.flatnonzero(partner >= 0)
+    return proportion(patched[r] != clean[r])
+
+
+def zone_rule(probe_acc: list, compute: list, control: list, broken: list,
+              probe_threshold: float) -> tuple[int | None, list[str]]:
+    """``(decodable_from, zone per layer)``. ``probe_acc`` has the embedding first (index 0), then one
+    value per layer (None: nothing to probe); ``compute`` and ``broken`` (None: MLP not ablated) and
+    ``control`` one bool per layer, each already decided by its test. ``decodable_from`` counts the
     embedding as -1."""
     first = next((i - 1 for i, a in enumerate(probe_acc) if a is not None and a >= probe_threshold), None)
     zones = []
-    for layer, (lo, f) in enumerate(zip(zero_drop_lo, flip)):
-        compute = lo is not None and lo > 0
-        control = f is not None and f >= flip_threshold
-        if compute or control:
-            zones.append("compute+control" if compute and control else "compute" if compute else "control")
-        elif lo is None:
+    for layer, (cmp, ctl, brk) in enumerate(zip(compute, control, broken)):
+        if brk:
+            zones.append("broken")
+        elif cmp or ctl:
+            zones.append("compute+control" if cmp and ctl else "compute" if cmp else "control")
+        elif cmp is None:
             zones.append("not ablated")
         else:
             zones.append("stable" if first is not None and layer >= first else "pre-decodable")
     return first, zones
+
+
+def compute_layers(drops: dict, dnll: dict, alpha: float, broken_nll: float) -> tuple[dict, dict, dict]:
+    """``(compute, broken, p_holm)`` per ablated layer (keys as in ``drops``): a layer is broken when the
+    mean ablation raises the loss on the request text by more than ``broken_nll`` nats; compute when it
+    is not broken and its accuracy drop is positive with exact McNemar p < ``alpha`` after Holm across
+    the ablated layers."""
+    layers = sorted(drops)
+    p = dict(zip(layers, holm([drops[k]["p"] for k in layers])))
+    broken = {k: dnll[k]["value"] > broken_nll for k in layers}
+    compute = {k: (not broken[k]) and drops[k]["value"] > 0 and p[k] < alpha for k in layers}
+    return compute, broken, p
+
+
+def control_layers(flips: list[dict], nulls: list[dict], threshold: float, alpha: float) -> tuple[list, list]:
+    """``(control, p_holm)`` per layer: the cross-class flip rate is at least ``threshold`` and beats the
+    same-class null (one-sided Fisher exact test, Holm across the layers that have pairs)."""
+    p = [fisher_greater(round(f["value"] * f["n"]), f["n"], round(z["value"] * z["n"]), z["n"])
+         if f["n"] and z["n"] else None for f, z in zip(flips, nulls)]
+    tested = [i for i, x in enumerate(p) if x is not None]
+    adjusted = dict(zip(tested, holm([p[i] for i in tested])))
+    p_holm = [adjusted.get(i) for i in range(len(flips))]
+    control = [q is not None and q < alpha and f["value"] >= threshold for f, q in zip(flips, p_holm)]
+    return control, p_holm
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -164,9 +258,9 @@ def settings(profile: str, model: str) -> dict:
     return dict(base, **override, batch_size=prof["batch_size"], seed=prof["seed"])
 
 
-def run(profile: str, model: str) -> None:
-    cfg = settings(profile, model)
-    torch.set_num_threads(int(os.environ.get("TOOLATTN_THREADS", os.cpu_count() or 1)))
+def run(profile: str, model: str, cfg: dict | None = None) -> None:
+    """``cfg``: the analysis settings (default: the profile's, ``settings``), e.g. a tiny one in tests."""
+    cfg = cfg or settings(profile, model)
     requests = select(load_prompts(), split=cfg["split"], n_per_tool=cfg["n_tool"] // 10,
                       n_no_tool=cfg["n_no_tool"], seed=cfg["seed"])
     tools = core_tools()
@@ -175,62 +269,70 @@ def run(profile: str, model: str) -> None:
     inputs = {"data/prompts.json": sha256_file(paths.PROMPTS_FILE), "data/tools.json": sha256_file(paths.TOOLS_FILE),
               **lm.files}
     needs = np.array([r.needs_tool for r in requests])
-    seconds = {}
     with Run(profile, model, "circuit_zones", cfg, inputs, seed=cfg["seed"]) as run:
         t = time.time()
         fs = iv.format([r.text for r in requests])
         clean = iv.clean(fs)
         decides = clean.decides_tool.numpy()
-        seconds["clean"] = time.time() - t
+        run.timing("clean_s", time.time() - t)
 
         t = time.time()
         replies = run.chunk("generation", lambda: ToolChoiceEngine(lm, cfg["batch_size"], progress=False).generate(
             [r.text for r in requests], tools, max_new_tokens=cfg["max_new_tokens"]))
         names = {x.name for x in tools}
         made_call = np.array([parse_call(x).name in names for x in replies])
-        seconds["generation"] = time.time() - t
+        run.timing("generation_s", time.time() - t)
 
         t = time.time()
-        y = needs.astype(int)
         acts = {"emb": clean.emb, **{f"L{i}": clean.resid[i] for i in range(iv.layers)}}
-        probes = run.chunk("probes", lambda: {name: {**probe(x.numpy(), y, cfg["cv_folds"], cfg["seed"], cfg["n_shuffles"]),
-                                                     "pc1": pc1(x.numpy(), y, cfg["cv_folds"], cfg["seed"])}
-                                              for name, x in acts.items()})
-        request_emb = probe(clean.request_emb.numpy(), y, cfg["cv_folds"], cfg["seed"], cfg["n_shuffles"])
-        seconds["probes"] = time.time() - t
+        probes = run.chunk("probes", lambda: {
+            name: {"gold": probe(x.numpy(), needs.astype(int), cfg["cv_folds"], cfg["seed"], cfg["n_shuffles"]),
+                   "decision": probe(x.numpy(), decides.astype(int), cfg["cv_folds"], cfg["seed"], cfg["n_shuffles"]),
+                   "pc1": pc1(x.numpy(), needs.astype(int), cfg["cv_folds"], cfg["seed"]),
+                   "geometry": geometry(x.numpy(), needs.astype(int), cfg["n_bootstrap"], cfg["seed"])}
+            for name, x in acts.items()})
+        request_emb = probe(clean.request_emb.numpy(), needs.astype(int), cfg["cv_folds"], cfg["seed"],
+                            cfg["n_shuffles"])
+        run.timing("probes_s", time.time() - t)
 
         t = time.time()
-        ablated = [i for i in range(0, iv.layers, cfg["ablation_every"])]
         sub = np.arange(len(requests)) if not cfg["ablation_requests"] else ablation_subset(needs, cfg)
         fs_sub = [fs[i] for i in sub]
         clean_sub = iv.clean(fs_sub) if len(sub) < len(requests) else clean
         ablation = {}
-        for layer in ablated:
+        for layer in range(0, iv.layers, cfg["ablation_every"]):
             def compute(layer=layer):
                 out = {}
-                for kind in ("zero", "mean"):
-                    r = iv.ablate_mlp(fs_sub, clean_sub, layer, kind)
-                    out[kind] = {"p_tool": r.p_tool.tolist(), "decides_tool": r.decides_tool.tolist()}
+                for kind, scope in ABLATIONS:
+                    r = iv.ablate_mlp(fs_sub, clean_sub, layer, kind, scope)
+                    out[f"{kind}:{scope}"] = {"p_tool": r.p_tool.tolist(), "decides_tool": r.decides_tool.tolist(),
+                                              "text_nll": r.text_nll.tolist()}
                 return out
             ablation[layer] = run.chunk(f"ablation-L{layer:02d}", compute)
-        seconds["ablation"] = time.time() - t
+        run.timing("ablation_s", time.time() - t)
 
         t = time.time()
-        partner = pairs(needs, cfg["seed"])
-        src = np.where(partner >= 0, partner, np.arange(len(partner)))  # unpaired requests patch themselves
+        partners = {"cross": pairs(needs, cfg["seed"]), "same_class": same_class_pairs(needs, cfg["seed"]),
+                    "random": random_pairs(len(needs), cfg["seed"])}
+        src = {k: np.where(v >= 0, v, np.arange(len(v))) for k, v in partners.items()}  # unpaired: themselves
         patching = {}
         for layer in range(iv.layers):
             def compute(layer=layer):
                 out = {}
                 for site in SITES:
                     acts_site = clean.resid[layer] if site == "resid" else clean.mlp[layer]
-                    out[site] = iv.patch_decision(fs, clean, layer, site, acts_site[src]).decides_tool.tolist()
+                    out[site] = iv.patch_decision(fs, clean, layer, site, acts_site[src["cross"]]).decides_tool.tolist()
+                for kind in ("same_class", "random"):
+                    out[kind] = iv.patch_decision(fs, clean, layer, "resid",
+                                                  clean.resid[layer][src[kind]]).decides_tool.tolist()
+                if layer % cfg["patch_whole_every"] == 0:
+                    out["whole"] = iv.patch_request(fs, clean, layer, src["cross"]).decides_tool.tolist()
                 return out
             patching[layer] = run.chunk(f"patching-L{layer:02d}", compute)
-        seconds["patching"] = time.time() - t
+        run.timing("patching_s", time.time() - t)
 
         summarise(run, cfg, requests, needs, decides, made_call, clean, probes, request_emb, sub, clean_sub,
-                  ablation, partner, patching, iv.layers, seconds)
+                  ablation, partners, patching, iv.layers)
 
 
 def ablation_subset(needs: np.ndarray, cfg: dict) -> np.ndarray:
@@ -240,148 +342,203 @@ def ablation_subset(needs: np.ndarray, cfg: dict) -> np.ndarray:
 
 
 def summarise(run, cfg, requests, needs, decides, made_call, clean, probes, request_emb, sub, clean_sub,
-              ablation, partner, patching, L, seconds) -> None:
+              ablation, partners, patching, L) -> None:
     y = needs.astype(int)
-    p_clean = clean_sub.p_tool.numpy()
     d_clean = clean_sub.decides_tool.numpy()
-    rows = []
-    metrics = {"probe_accuracy": {}, "shuffled_probe_accuracy": {}, "pc1_variance": {}, "pc1_accuracy": {},
-               "mlp_ablation_drop": {}, "mlp_mean_ablation_drop": {}, "mlp_ablation_dp_tool": {},
-               "flip_rate": {}, "flip_rate_mlp": {}}
-    emb = probes["emb"]
-    metrics["probe_accuracy"]["embed"] = emb["acc"]
-    metrics["shuffled_probe_accuracy"]["embed"] = emb["shuffled"]
-    for layer in [None] + list(range(L)):
-        key = "emb" if layer is None else f"L{layer}"
-        pr = probes[key]
-        row = {"layer": key, "probe_acc": pr["acc"]["value"], "probe_lo": pr["acc"]["lo"], "probe_hi": pr["acc"]["hi"],
-               "shuffled_acc": pr["shuffled"], "pc1_var": pr["pc1"]["var"], "pc1_acc": pr["pc1"]["acc"]["value"]}
-        if layer is not None:
-            metrics["probe_accuracy"][key] = pr["acc"]
-            metrics["shuffled_probe_accuracy"][key] = pr["shuffled"]
-            metrics["pc1_variance"][key] = pr["pc1"]["var"]
-            metrics["pc1_accuracy"][key] = pr["pc1"]["acc"]
-            ab = ablation.get(layer)
-            if ab is not None:
-                zero = drop(d_clean, np.array(ab["zero"]["decides_tool"]), needs[sub])
-                mean = drop(d_clean, np.array(ab["mean"]["decides_tool"]), needs[sub])
-                dp = bootstrap_ci(np.array(ab["zero"]["p_tool"]) - p_clean)
-                metrics["mlp_ablation_drop"][key] = zero
-                metrics["mlp_mean_ablation_drop"][key] = mean
-                metrics["mlp_ablation_dp_tool"][key] = dp
-                row.update(zero_drop=zero["value"], zero_lo=zero["lo"], zero_hi=zero["hi"], mean_drop=mean["value"],
-                           mean_lo=mean["lo"], mean_hi=mean["hi"], dP_tool=dp["value"],
-                           dP_tool_tool=float(np.mean((np.array(ab["zero"]["p_tool"]) - p_clean)[needs[sub]])),
-                           dP_tool_no_tool=float(np.mean((np.array(ab["zero"]["p_tool"]) - p_clean)[~needs[sub]])))
-            else:
-                row.update({k: None for k in ("zero_drop", "zero_lo", "zero_hi", "mean_drop", "mean_lo", "mean_hi",
-                                              "dP_tool", "dP_tool_tool", "dP_tool_no_tool")})
-            fr = flip_rate(decides, np.array(patching[layer]["resid"]), partner)
-            fm = flip_rate(decides, np.array(patching[layer]["mlp"]), partner)
-            metrics["flip_rate"][key], metrics["flip_rate_mlp"][key] = fr, fm
-            row.update(flip_resid=fr and fr["value"], flip_resid_lo=fr and fr["lo"], flip_resid_hi=fr and fr["hi"],
-                       flip_mlp=fm and fm["value"], flip_mlp_lo=fm and fm["lo"], flip_mlp_hi=fm and fm["hi"])
-        else:
-            row.update({k: None for k in ("zero_drop", "zero_lo", "zero_hi", "mean_drop", "mean_lo", "mean_hi",
-                                          "dP_tool", "dP_tool_tool", "dP_tool_no_tool", "flip_resid", "flip_resid_lo",
-                                          "flip_resid_hi", "flip_mlp", "flip_mlp_lo", "flip_mlp_hi")})
-        rows.append(row)
+    p_clean, nll_clean = clean_sub.p_tool.numpy(), clean_sub.text_nll.numpy()
+    keys = [f"L{i}" for i in range(L)]
+    metrics = {k: {} for k in (
+        "probe_accuracy", "probe_accuracy_decision", "shuffled_probe_accuracy", "pc1_variance", "pc1_between_share",
+        "pc1_mean_diff_share", "pc1_accuracy", "mlp_ablation_drop", "mlp_zero_ablation_drop",
+        "mlp_after_block_ablation_drop", "mlp_ablation_dp_tool", "mlp_ablation_dnll", "mlp_zero_ablation_dnll",
+        "flip_rate", "flip_rate_mlp", "flip_rate_whole", "null_flip_rate", "random_flip_rate")}
 
-    first, zones = zone_rule([r["probe_acc"] for r in rows], [r["zero_lo"] for r in rows[1:]],
-                             [r["flip_resid"] for r in rows[1:]], cfg["probe_threshold"], cfg["flip_threshold"])
-    rows[0]["zone"] = "embedding"
-    for r, z in zip(rows[1:], zones):
-        r["zone"] = z
-    # the CSV leads with the columns named in the method; extra columns follow
-    lead = ["layer", "probe_acc", "probe_lo", "probe_hi", "shuffled_acc", "pc1_var", "pc1_acc", "zero_drop", "mean_drop",
-            "dP_tool", "flip_resid", "flip_mlp", "zone"]
-    rows = [{**{k: r[k] for k in lead}, **{k: v for k, v in r.items() if k not in lead}} for r in rows]
+    # probes and geometry
+    for key in keys:
+        pr = probes[key]
+        metrics["probe_accuracy"][key] = pr["gold"]["acc"]
+        metrics["probe_accuracy_decision"][key] = pr["decision"]["acc"]
+        metrics["shuffled_probe_accuracy"][key] = pr["gold"]["shuffled"]
+        metrics["pc1_accuracy"][key] = pr["pc1"]["acc"]
+        g = pr["geometry"]
+        metrics["pc1_variance"][key] = g and g["total"]
+        metrics["pc1_between_share"][key] = g and g["between"]
+        metrics["pc1_mean_diff_share"][key] = g and g["mean_diff"]
+    metrics["probe_accuracy"]["embed"] = request_emb["acc"]  # the request's own tokens (the claim's meaning)
+    metrics["shuffled_probe_accuracy"]["embed"] = request_emb["shuffled"]
+
+    # ablation: the primary reading (mean, every position) decides the compute rule
+    names = {"mean:all": "mlp_ablation_drop", "zero:all": "mlp_zero_ablation_drop",
+             "mean:after_block": "mlp_after_block_ablation_drop"}
+    for layer, ab in ablation.items():
+        key = f"L{layer}"
+        for cond, name in names.items():
+            metrics[name][key] = drop(d_clean, np.array(ab[cond]["decides_tool"]), needs[sub])
+        metrics["mlp_ablation_dp_tool"][key] = bootstrap_ci(np.array(ab["mean:all"]["p_tool"]) - p_clean)
+        metrics["mlp_ablation_dnll"][key] = bootstrap_ci(np.array(ab["mean:all"]["text_nll"]) - nll_clean)
+        metrics["mlp_zero_ablation_dnll"][key] = bootstrap_ci(np.array(ab["zero:all"]["text_nll"]) - nll_clean)
+    compute, broken, p_compute = compute_layers(metrics["mlp_ablation_drop"], metrics["mlp_ablation_dnll"],
+                                                cfg["alpha"], cfg["broken_nll_increase"])
+
+    # patching and its controls
+    for layer in range(L):
+        key, pt = f"L{layer}", patching[layer]
+        metrics["flip_rate"][key] = flip_rate(decides, np.array(pt["resid"]), partners["cross"])
+        metrics["flip_rate_mlp"][key] = flip_rate(decides, np.array(pt["mlp"]), partners["cross"])
+        metrics["null_flip_rate"][key] = change_rate(decides, np.array(pt["same_class"]), partners["same_class"])
+        metrics["random_flip_rate"][key] = flip_rate(decides, np.array(pt["random"]), partners["random"])
+        if "whole" in pt:
+            metrics["flip_rate_whole"][key] = flip_rate(decides, np.array(pt["whole"]), partners["cross"])
+    control, p_control = control_layers([metrics["flip_rate"][k] for k in keys],
+                                        [metrics["null_flip_rate"][k] for k in keys],
+                                        cfg["flip_threshold"], cfg["alpha"])
+
+    probe_acc = [request_emb["acc"]["value"]] + [metrics["probe_accuracy"][k]["value"] for k in keys]
+    first, zones = zone_rule(probe_acc, [compute.get(k) for k in keys], control,
+                             [broken.get(k) for k in keys], cfg["probe_threshold"])
+
+    def v(m, field="value"):
+        return None if m is None else m[field] if isinstance(m, dict) else m
+
+    rows = []
+    for layer, key in enumerate(["emb"] + keys):
+        pr = probes[key]
+        row = {"layer": key, "probe_acc": v(pr["gold"]["acc"]), "probe_lo": v(pr["gold"]["acc"], "lo"),
+               "probe_hi": v(pr["gold"]["acc"], "hi"), "probe_decision_acc": v(pr["decision"]["acc"]),
+               "shuffled_acc": pr["gold"]["shuffled"], "pc1_var": v(pr["geometry"] and pr["geometry"]["total"]),
+               "pc1_between": v(pr["geometry"] and pr["geometry"]["between"]),
+               "pc1_mean_diff": v(pr["geometry"] and pr["geometry"]["mean_diff"]), "pc1_acc": v(pr["pc1"]["acc"])}
+        if key != "emb":
+            m = lambda name: metrics[name].get(key)  # noqa: E731
+            row.update({
+                "mean_drop": v(m("mlp_ablation_drop")), "mean_lo": v(m("mlp_ablation_drop"), "lo"),
+                "mean_hi": v(m("mlp_ablation_drop"), "hi"), "mean_p": v(m("mlp_ablation_drop"), "p"),
+                "mean_p_holm": p_compute.get(key), "zero_drop": v(m("mlp_zero_ablation_drop")),
+                "zero_lo": v(m("mlp_zero_ablation_drop"), "lo"), "zero_hi": v(m("mlp_zero_ablation_drop"), "hi"),
+                "after_block_drop": v(m("mlp_after_block_ablation_drop")), "dP_tool": v(m("mlp_ablation_dp_tool")),
+                "dnll_mean": v(m("mlp_ablation_dnll")), "dnll_zero": v(m("mlp_zero_ablation_dnll")),
+                "flip_resid": v(m("flip_rate")), "flip_resid_lo": v(m("flip_rate"), "lo"),
+                "flip_resid_hi": v(m("flip_rate"), "hi"), "flip_pairs": v(m("flip_rate"), "n"),
+                "flip_mlp": v(m("flip_rate_mlp")), "flip_whole": v(m("flip_rate_whole")),
+                "null_flip": v(m("null_flip_rate")), "null_flip_hi": v(m("null_flip_rate"), "hi"),
+                "random_flip": v(m("random_flip_rate")), "control_p_holm": p_control[layer - 1],
+                "zone": zones[layer - 1]})
+        else:
+            row["zone"] = "embedding"
+        rows.append(row)
+    lead = ["layer", "probe_acc", "probe_decision_acc", "shuffled_acc", "pc1_var", "pc1_between", "pc1_mean_diff",
+            "mean_drop", "zero_drop", "dnll_mean", "flip_resid", "null_flip", "flip_whole", "zone"]
+    all_keys = lead + [k for r in rows for k in r if k not in lead]
+    rows = [{k: r.get(k) for k in dict.fromkeys(all_keys)} for r in rows]
     run.write_csv("layers", rows)
 
-    measured = {k: v for k, v in metrics["mlp_ablation_drop"].items()}
-    worst = max(measured, key=lambda k: measured[k]["value"])
-    flips = {k: v for k, v in metrics["flip_rate"].items() if v is not None}
+    drops = metrics["mlp_ablation_drop"]
+    worst = max(drops, key=lambda k: drops[k]["value"])
+    # layers whose drop cannot be told from the largest one (their interval reaches its lower bound)
+    tied = sorted(int(k[1:]) for k in drops if drops[k]["hi"] >= drops[worst]["lo"])
     zone_layers = {z: [i for i, x in enumerate(zones) if x == z] for z in ZONES}
+    control_list = [i for i, c in enumerate(control) if c]
     metrics.update({
         "n_requests": len(requests), "n_tool_requests": int(needs.sum()), "n_no_tool_requests": int((~needs).sum()),
         "n_layers": L, "n_ablation_requests": len(sub), "ablated_layers": sorted(ablation),
-        "n_pairs": int((partner >= 0).sum() // 2),
-        "n_flip_pairs": int(sum((partner >= 0) & (decides[np.maximum(partner, 0)] != decides))),
+        "whole_request_patched_layers": sorted(int(k[1:]) for k in metrics["flip_rate_whole"]),
+        "n_pairs": int((partners["cross"] >= 0).sum() // 2),
+        "n_flip_pairs": int(sum((partners["cross"] >= 0) & (decides[np.maximum(partners["cross"], 0)] != decides))),
         "tool_no_tool_accuracy": accuracy(decides == needs),
         "generation_tool_no_tool_accuracy": accuracy(made_call == needs),
         "agreement_decides_vs_generation": accuracy(decides == made_call),
-        "embedding_probe_accuracy": emb["acc"],
+        "decision_embedding_probe_accuracy": probes["emb"]["gold"]["acc"],  # sanity check: one fixed token
         "request_embedding_probe_accuracy": request_emb["acc"],
         "request_embedding_shuffled_accuracy": request_emb["shuffled"],
         "embed_top_dimension": top_dimension(clean.request_emb.numpy(), y),
+        "clean_text_nll": bootstrap_ci(nll_clean),
         "first_layer_probe_95": first,
-        "worst_mlp_layer": int(worst[1:]), "worst_mlp_drop": measured[worst],
-        "mlp_ablation_argmax_layer": int(worst[1:]),
-        "layers_flip_above_50": [int(k[1:]) for k, v in flips.items() if v["value"] > 0.5],
+        "worst_mlp_layer": int(worst[1:]), "worst_mlp_drop": drops[worst],
+        "mlp_ablation_argmax_layer": {"value": int(worst[1:]), "candidates": tied},
+        "compute_layers": [int(k[1:]) for k in sorted(compute, key=lambda k: int(k[1:])) if compute[k]],
+        "broken_layers": [int(k[1:]) for k in sorted(broken, key=lambda k: int(k[1:])) if broken[k]],
+        "control_layers": control_list, "control_point": control_list[0] if control_list else None,
+        "max_null_flip_rate": max((metrics["null_flip_rate"][k] for k in keys), key=lambda m: m["value"] or 0),
         "zones": zones, "zone_layers": zone_layers,
         "zone_rule": {"probe_threshold": cfg["probe_threshold"], "flip_threshold": cfg["flip_threshold"],
-                      "compute": "zero-ablation accuracy drop with 95% CI above 0"},
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+                      "alpha": cfg["alpha"], "broken_nll_increase": cfg["broken_nll_increase"],
+                      "compute": "mean-ablation accuracy drop > 0, exact McNemar p < alpha after Holm across the "
+                                 "ablated layers, loss on the request text not raised by more than broken_nll_increase",
+                      "control": "flip rate >= flip_threshold and above the same-class null, one-sided Fisher exact "
+                                 "p < alpha after Holm across layers"},
     })
     fig = layer_figure(rows, zones, run.model, cfg)
-    run.save_figure("layers", fig, f"Per layer, at the decision position of {run.model}: probe accuracy (5-fold CV, "
-                    "95% CI band; shuffled-label control dashed), share of variance on PC1, accuracy drop when the "
-                    "MLP is ablated at every position after the tool block (zero / mean, 95% CI), and flip rate "
-                    "when the residual stream or MLP output is patched from the paired request of the other class. "
-                    "Background: the measured zones.")
+    run.save_figure("layers", fig, f"Per layer, at the decision position of {run.model}: probe accuracy on the gold "
+                    "label (k-fold CV, 95% Wilson band; shuffled-label control dashed) and on the model's decision; "
+                    "PC1 shares (total variance, between-class share, share of the class-mean difference); accuracy "
+                    "drop when the MLP is mean- or zero-ablated at every position (95% Newcombe interval) and the "
+                    "change of the loss on the request text; flip rate when the residual stream is patched at the "
+                    "decision position from a request of the other class, from one of the same class (null), and "
+                    "at every request position. Background: the measured zones.")
     plt.close(fig)
     fig = zone_figure(zones, first, run.model)
-    run.save_figure("zones", fig, f"Zones of {run.model}, derived from the measurements by the stated rule "
-                    f"(decodable: probe accuracy >= {cfg['probe_threshold']:.0%}; compute: ablation drop CI above 0; "
-                    f"control: flip rate >= {cfg['flip_threshold']:.0%}).")
+    run.save_figure("zones", fig, f"Zones of {run.model}, derived from the measurements by the stated rules "
+                    f"(decodable: probe accuracy >= {cfg['probe_threshold']:.0%}; compute: Holm-corrected exact "
+                    f"McNemar test of the mean-ablation drop; control: flip rate >= {cfg['flip_threshold']:.0%} and "
+                    "above the same-class null, Holm-corrected Fisher test; broken: the loss on the request text "
+                    f"rises by more than {cfg['broken_nll_increase']} nats per token).")
     plt.close(fig)
     run.result(metrics)
-    print(f"[circuit_zones] {run.model}: emb probe {emb['acc']['value']:.2f}, first layer >= "
+    print(f"[circuit_zones] {run.model}: request-embedding probe {request_emb['acc']['value']:.2f}, first layer >= "
           f"{cfg['probe_threshold']:.0%}: {first}, worst MLP L{metrics['worst_mlp_layer']} drop "
-          f"{metrics['worst_mlp_drop']['value']:.2f}, flip > 50%: {metrics['layers_flip_above_50']}; "
-          f"agreement with generation {metrics['agreement_decides_vs_generation']['value']:.2f}; "
-          + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()))
-
-
-def _shade(ax, zones):
-    for i, z in enumerate(zones):
-        ax.axvspan(i - 0.5, i + 0.5, facecolor=ZONE_COLORS[z], alpha=0.2, lw=0)
+          f"{metrics['worst_mlp_drop']['value']:.2f}, compute {metrics['compute_layers']}, control "
+          f"{metrics['control_layers']}, broken {metrics['broken_layers']}; agreement with generation "
+          f"{metrics['agreement_decides_vs_generation']['value']:.2f}")
 
 
 def _col(rows, key):
     return np.array([np.nan if r[key] is None or r[key] == "" else r[key] for r in rows], float)
 
 
+def _errorbar(ax, x, rows, key, lo, hi, **kw):
+    v = _col(rows, key)
+    ok = ~np.isnan(v)
+    if ok.any():
+        ax.errorbar(x[ok], v[ok], yerr=[(v - _col(rows, lo))[ok], (_col(rows, hi) - v)[ok]], marker="o", ms=3,
+                    capsize=2, **kw)
+
+
 def layer_figure(rows, zones, model, cfg):
-    x = np.arange(-1, len(rows) - 1)  # -1 = embeddings
-    fig, axes = plt.subplots(4, 1, figsize=(7.5, 8.5), sharex=True)
+    x = np.arange(-1, len(rows) - 1)  # -1 = embeddings (the request's own tokens)
+    fig, axes = plt.subplots(5, 1, figsize=(7.5, 10), sharex=True)
     ax = axes[0]
-    ax.plot(x, _col(rows, "probe_acc"), marker="o", ms=3, label="probe (CV)")
+    ax.plot(x, _col(rows, "probe_acc"), marker="o", ms=3, label="probe, gold label (CV)")
     ax.fill_between(x, _col(rows, "probe_lo"), _col(rows, "probe_hi"), alpha=0.2)
+    ax.plot(x, _col(rows, "probe_decision_acc"), marker=".", ms=3, label="probe, model's decision (CV)")
     ax.plot(x, _col(rows, "shuffled_acc"), ls="--", color="grey", label="shuffled labels")
-    ax.plot(x, _col(rows, "pc1_acc"), marker=".", ms=3, label="PC1 alone (CV)")
     ax.axhline(cfg["probe_threshold"], color="k", lw=0.5, ls=":")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0.3, 1.03)
     ax.legend(fontsize=7, loc="lower right")
-    axes[1].plot(x, _col(rows, "pc1_var"), marker="o", ms=3, color="tab:purple")
-    axes[1].set_ylabel("variance on PC1")
-    axes[1].set_ylim(0, 1)
+    ax = axes[1]
+    for key, label in (("pc1_var", "total variance"), ("pc1_between", "between-class share of PC1"),
+                       ("pc1_mean_diff", "class-mean difference along PC1")):
+        ax.plot(x, _col(rows, key), marker="o", ms=3, label=label)
+    ax.set_ylabel("PC1 share")
+    ax.set_ylim(0, 1.03)
+    ax.legend(fontsize=7)
     ax = axes[2]
-    for key, label in (("zero", "zero ablation"), ("mean", "mean ablation")):
-        v = _col(rows, f"{key}_drop")
-        ok = ~np.isnan(v)
-        ax.errorbar(x[ok], v[ok], yerr=[(v - _col(rows, f"{key}_lo"))[ok], (_col(rows, f"{key}_hi") - v)[ok]],
-                    marker="o", ms=3, capsize=2, label=label)
+    _errorbar(ax, x, rows, "mean_drop", "mean_lo", "mean_hi", label="mean ablation (primary)")
+    _errorbar(ax, x, rows, "zero_drop", "zero_lo", "zero_hi", label="zero ablation")
     ax.axhline(0, color="k", lw=0.5)
     ax.set_ylabel("accuracy drop")
     ax.legend(fontsize=7)
     ax = axes[3]
-    for key, label in (("flip_resid", "residual stream"), ("flip_mlp", "MLP output")):
-        v = _col(rows, key)
-        ok = ~np.isnan(v)
-        ax.errorbar(x[ok], v[ok], yerr=[(v - _col(rows, f"{key}_lo"))[ok], (_col(rows, f"{key}_hi") - v)[ok]],
-                    marker="o", ms=3, capsize=2, label=label)
+    ax.plot(x, _col(rows, "dnll_mean"), marker="o", ms=3, label="mean ablation")
+    ax.plot(x, _col(rows, "dnll_zero"), marker="o", ms=3, label="zero ablation")
+    ax.axhline(cfg["broken_nll_increase"], color="k", lw=0.5, ls=":")
+    ax.set_ylabel("Δ loss on request\n(nats / token)")
+    ax.legend(fontsize=7)
+    ax = axes[4]
+    _errorbar(ax, x, rows, "flip_resid", "flip_resid_lo", "flip_resid_hi", label="decision position, other class")
+    ax.plot(x, _col(rows, "null_flip"), marker="x", ms=4, color="grey", label="decision position, same class (null)")
+    ax.plot(x, _col(rows, "flip_whole"), marker="s", ms=3, ls=":", label="whole request, other class")
+    ax.plot(x, _col(rows, "flip_mlp"), marker=".", ms=3, lw=0.8, label="MLP output, other class")
     ax.axhline(cfg["flip_threshold"], color="k", lw=0.5, ls=":")
     ax.set_ylabel("flip rate (patching)")
     ax.set_ylim(-0.03, 1.03)
@@ -393,6 +550,11 @@ def layer_figure(rows, zones, model, cfg):
     axes[0].set_title(model, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _shade(ax, zones):
+    for i, z in enumerate(zones):
+        ax.axvspan(i - 0.5, i + 0.5, facecolor=ZONE_COLORS[z], alpha=0.2, lw=0)
 
 
 def zone_figure(zones, first, model):

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.circuit_zones import flip_rate, pairs, pc1, probe, zone_rule
+from analyses import circuit_zones
+from analyses.circuit_zones import (change_rate, compute_layers, control_layers, flip_rate, pairs, pc1, pc1_shares,
+                                    probe, random_pairs, same_class_pairs, zone_rule)
 from toolattn.interventions import SITES, Edit, Intervener, mlp_site, traced_forward
 from toolattn.scoring import ToolChoiceEngine
 
@@ -195,7 +197,20 @@ def test_probe_finds_a_separable_direction_and_nothing_in_noise():
     assert pc1(np.ones((80, 30)), y)["var"] is None
 
 
-def test_pairs_flips_and_zones():
+def test_pc1_shares_of_a_planted_direction():
+    """One class-separating direction of large variance: PC1 carries the class-mean difference and most
+    of its own variance is between the classes; in noise the mean difference is spread out."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 40)
+    X = rng.normal(size=(80, 30))
+    X[:, 5] += 8 * (2 * y - 1)
+    total, between, mean_diff = pc1_shares(X, y)
+    assert total > 0.5 and between > 0.9 and mean_diff > 0.95
+    _, between0, mean_diff0 = pc1_shares(rng.normal(size=(80, 30)), y)
+    assert between0 < 0.2 and mean_diff0 < 0.5
+
+
+def test_pairs_and_flip_rates():
     needs = np.array([True, True, False, False, True])
     partner = pairs(needs, seed=0)
     paired = np.flatnonzero(partner >= 0)
@@ -205,6 +220,72 @@ def test_pairs_flips_and_zones():
     flipped = clean.copy()
     flipped[partner >= 0] = ~flipped[partner >= 0]
     assert flip_rate(clean, flipped, partner)["value"] == 1.0
-    # probe accuracy: emb, L0..L3; ablation-drop CI lower bounds and residual flip rates: L0..L3
-    first, zones = zone_rule([0.5, 0.7, 0.8, 0.96, 1.0], [-0.1, 0.1, -0.2, 0.05], [0.0, 0.0, 0.2, 0.9], 0.95, 0.5)
-    assert first == 2 and zones == ["pre-decodable", "compute", "stable", "compute+control"]
+    assert flip_rate(np.zeros(5, bool), flipped, partner)["n"] == 0  # nobody decided differently: no pairs
+    same = same_class_pairs(needs, seed=0)
+    assert all(same[i] != i and needs[same[i]] == needs[i] for i in range(5))
+    rnd = random_pairs(5, seed=0)
+    assert sorted(rnd) == list(range(5)) and all(rnd != np.arange(5))
+    assert change_rate(clean, clean, same)["value"] == 0.0
+
+
+def test_zone_rules_on_planted_effects():
+    from toolattn.stats import paired_difference
+
+    n = 40
+    clean = np.ones(n, bool)
+    strong, none = np.r_[np.zeros(15), np.ones(25)].astype(bool), clean.copy()
+    drops = {"L0": paired_difference(clean, strong), "L1": paired_difference(clean, none),
+             "L2": paired_difference(clean, strong)}
+    dnll = {"L0": {"value": 0.1}, "L1": {"value": 0.0}, "L2": {"value": 3.0}}
+    compute, broken, _ = compute_layers(drops, dnll, 0.05, 1.0)
+    assert compute == {"L0": True, "L1": False, "L2": False} and broken == {"L0": False, "L1": False, "L2": True}
+    flips = [{"value": 0.9, "n": 20}, {"value": 0.9, "n": 20}, {"value": 0.3, "n": 20}, {"value": None, "n": 0}]
+    nulls = [{"value": 0.0, "n": 40}, {"value": 0.85, "n": 40}, {"value": 0.0, "n": 40}, {"value": 0.0, "n": 40}]
+    control, p = control_layers(flips, nulls, 0.5, 0.05)
+    assert control == [True, False, False, False] and p[3] is None
+    # probe accuracy: emb, L0..L3; compute / control / broken per layer (None: not ablated)
+    first, zones = zone_rule([0.5, 0.7, 0.8, 0.96, 1.0], [False, True, None, True], [False, False, False, True],
+                             [False, False, None, False], 0.95)
+    assert first == 2 and zones == ["pre-decodable", "compute", "not ablated", "compute+control"]
+    assert zone_rule([0.5, 1.0], [True], [False], [True], 0.95)[1] == ["broken"]
+
+
+def test_zone_rules_fire_at_most_at_alpha_on_null_data():
+    """No layer has any effect: the compute rule (Holm over 18 layers) and the control rule (flip rate
+    equal to its null) label some layer in at most ~alpha of simulated studies."""
+    from toolattn.stats import paired_difference
+
+    rng = np.random.default_rng(0)
+    fired_compute = fired_control = 0
+    sims, layers, n = 300, 18, 40
+    for _ in range(sims):
+        clean = rng.random(n) < 0.8
+        drops, dnll = {}, {}
+        for i in range(layers):  # each request's outcome is redrawn with the clean accuracy: no effect
+            drops[f"L{i}"] = paired_difference(clean, rng.random(n) < 0.8)
+            dnll[f"L{i}"] = {"value": 0.0}
+        fired_compute += any(compute_layers(drops, dnll, 0.05, 1.0)[0].values())
+        rate = 0.6  # flips and null at the same rate
+        flips = [{"value": rng.binomial(20, rate) / 20, "n": 20} for _ in range(layers)]
+        nulls = [{"value": rng.binomial(40, rate) / 40, "n": 40} for _ in range(layers)]
+        fired_control += any(control_layers(flips, nulls, 0.5, 0.05)[0])
+    assert fired_compute / sims <= 0.05 + 0.03 and fired_control / sims <= 0.05 + 0.03
+
+
+def test_circuit_zones_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("TOOLATTN_ARTIFACTS", str(tmp_path))
+    cfg = {"split": "heldout", "n_tool": 10, "n_no_tool": 6, "max_new_tokens": 4, "cv_folds": 3, "n_shuffles": 1,
+           "probe_threshold": 0.95, "flip_threshold": 0.5, "alpha": 0.05, "broken_nll_increase": 1.0,
+           "n_bootstrap": 20, "ablation_every": 2, "ablation_requests": 0, "patch_whole_every": 2,
+           "batch_size": 8, "seed": 0}
+    circuit_zones.run("smoke", "tiny-gemma3", cfg)
+    out = tmp_path / "smoke" / "tiny-gemma3" / "circuit_zones"
+    m = json.loads((out / "result.json").read_text())["metrics"]
+    assert m["ablated_layers"] == [0, 2] and m["whole_request_patched_layers"] == [0, 2]
+    assert set(m["mlp_ablation_drop"]) == {"L0", "L2"} and "p" in m["mlp_ablation_drop"]["L0"]
+    assert len(m["zones"]) == 4 and (out / "manifest.json").exists()
+    timings = json.loads((out / "manifest.json").read_text())["timings"]
+    assert {"clean_s", "ablation_s", "patching_s"} <= set(timings)
+    assert not any(k.endswith("_s") or k == "seconds" for k in m)
