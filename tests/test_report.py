@@ -67,7 +67,7 @@ def write_baseline(artifacts: Path, model: str = MODEL, profile: str = "fast") -
     result = {
         "analysis": "baseline", "model": model, "profile": profile,
         "metrics": {
-            "forced_choice_accuracy": metric(0.9125, 0.8500, 0.9512, 80),
+            "forced_choice_accuracy": metric(0.9625, 0.9130, 0.9844, 80),
             "generation_accuracy": metric(0.8437, 0.7601, 0.9188, 80),
             "forced_generation_agreement": metric(0.8813, 0.8111, 0.9377, 80),
             "tool_no_tool_accuracy": metric(0.7714, 0.6857, 0.8500, 120),
@@ -188,8 +188,8 @@ def test_replication_table(built):
     fc = built.result["metrics"]["forced_choice_accuracy"]
     row = row_with(built.html, "Baseline tool-selection accuracy above 90% (forced choice)")
     assert pct(fc) in row and claims.REPLICATES in row and MODEL in row
-    row = row_with(built.html, "(free generation)")  # 84.4% but CI reaches 90%
-    assert claims.PARTLY in row
+    row = row_with(built.html, "(free generation)")  # 84.4%, its interval straddles 90%
+    assert claims.INCONCLUSIVE in row
     row = row_with(built.html, "Flip rate when patching L11")
     assert claims.NOT_YET in row and "gemma-3-270m-tools" in row and "100%" in row
 
@@ -284,22 +284,52 @@ def test_references_resolve_forward_and_fail_when_unknown(tmp_path):
 
 
 @pytest.mark.parametrize("rule, reported, measured, expected", [
-    ({"kind": "at_least", "threshold": 0.9}, 0.9, metric(0.93, 0.88, 0.97, 50), claims.REPLICATES),
-    ({"kind": "at_least", "threshold": 0.9}, 0.9, metric(0.85, 0.76, 0.92, 50), claims.PARTLY),
+    # a proportion: the whole interval decides
+    ({"kind": "at_least", "threshold": 0.9}, 0.9, metric(0.95, 0.91, 0.98, 50), claims.REPLICATES),
+    ({"kind": "at_least", "threshold": 0.9}, 0.9, metric(0.93, 0.88, 0.97, 50), claims.INCONCLUSIVE),
     ({"kind": "at_least", "threshold": 0.9}, 0.9, metric(0.60, 0.50, 0.70, 50), claims.DOES_NOT),
-    ({"kind": "at_most", "threshold": 0.1}, 0.0, 0.02, claims.REPLICATES),
-    ({"kind": "close", "tol": 0.1}, 0.4, metric(0.33, 0.2, 0.45, 30), claims.REPLICATES),
+    ({"kind": "at_least", "threshold": 0.9, "strict": True}, 0.9, metric(1.0, 0.9, 1.0, 4), claims.INCONCLUSIVE),
+    ({"kind": "at_least", "threshold": 0.9, "strict": True}, 0.9, metric(1.0, 0.91, 1.0, 40), claims.REPLICATES),
+    ({"kind": "at_most", "threshold": 0.1}, 0.0, metric(0.02, 0.0, 0.08, 50), claims.REPLICATES),
+    ({"kind": "close", "tol": 0.1}, 0.4, metric(0.38, 0.32, 0.45, 200), claims.REPLICATES),
+    ({"kind": "close", "tol": 0.1}, 0.4, metric(0.33, 0.2, 0.45, 30), claims.INCONCLUSIVE),
     ({"kind": "close", "tol": 0.1}, 0.4, metric(0.15, 0.05, 0.25, 30), claims.DOES_NOT),
-    ({"kind": "close", "tol": 0.1}, 0.4, metric(0.25, 0.12, 0.31, 30), claims.PARTLY),
+    # a "no effect" claim: a measured 0 replicates a claimed 0 only inside the margin ...
+    ({"kind": "equivalent", "margin": 0.1}, 0.0, metric(0.0, -0.06, 0.07, 80), claims.REPLICATES),
+    ({"kind": "equivalent", "margin": 0.1}, 0.0, metric(0.0, -0.09, 0.12, 40), claims.INCONCLUSIVE),
+    # ... a 10-point drop is not "no effect", and a measured 0 does not replicate a claimed 10% drop
+    ({"kind": "equivalent", "margin": 0.1}, 0.0, metric(0.10, 0.02, 0.21, 40), claims.INCONCLUSIVE),
+    ({"kind": "equivalent", "margin": 0.1}, 0.0, metric(0.35, 0.2, 0.5, 40), claims.DOES_NOT),
+    ({"kind": "close", "tol": 0.1}, 0.1, metric(0.0, -0.09, 0.09, 40), claims.INCONCLUSIVE),
+    ({"kind": "close", "tol": 0.1}, 1.0, {"value": None, "lo": None, "hi": None, "n": 0}, claims.NO_PAIRS),
+    # layers: every layer that cannot be told from the argmax must be a claimed one
     ({"kind": "same_layer", "layers": [11, 12]}, 11, 12, claims.REPLICATES),
-    ({"kind": "same_layer", "layers": [5]}, 5, 4, claims.PARTLY),
-    ({"kind": "same_layer", "layers": [5]}, 5, 9, claims.DOES_NOT),
-    ({"kind": "equal"}, 230, 230, claims.REPLICATES),
-    ({"kind": "equal"}, 230, 231, claims.DOES_NOT),
+    ({"kind": "same_layer", "layers": [5]}, 5, {"value": 5, "candidates": [3, 5]}, claims.INCONCLUSIVE),
+    ({"kind": "same_layer", "layers": [5]}, 5, {"value": 3, "candidates": [3]}, claims.DOES_NOT),
+    ({"kind": "same_layer", "layers": [5], "tol": 1}, 5, 4, claims.REPLICATES),
     ({"kind": "close", "tol": 0.1}, 0.86, None, claims.NOT_YET),
 ])
 def test_verdicts(rule, reported, measured, expected):
     assert claims.verdict(rule, reported, measured) == expected
+
+
+def test_indices_compare_only_on_the_reference_model():
+    rule = {"kind": "equal"}
+    assert claims.verdict(rule, 230, 230, "neuron", "gemma-3-270m-tools") == claims.NOT_COMPARABLE
+    assert claims.verdict(rule, 230, 230, "neuron", claims.REFERENCE_MODEL) == claims.REPLICATES
+    assert claims.verdict(rule, 230, 231, "neuron", claims.REFERENCE_MODEL) == claims.DOES_NOT
+
+
+def test_zone_claims_need_every_layer():
+    R, D, I, N = claims.REPLICATES, claims.DOES_NOT, claims.INCONCLUSIVE, claims.NO_PAIRS
+    assert claims.combined([R, R]) == R and claims.combined([R, I]) == I and claims.combined([R, D, I]) == D
+    assert claims.combined([N, N]) == N and claims.combined([R, N]) == I
+
+
+def test_every_profile_casts_every_role():
+    for profile in ("fast", "full", "hub"):
+        assert set(claims.roles(profile)) == set(claims.ROLES)
+    assert claims.roles("hub")["circuit model"] == claims.REFERENCE_MODEL
 
 
 def test_claims_file_covers_the_reference_numbers():
