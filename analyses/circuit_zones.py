@@ -53,7 +53,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from toolattn import paths  # noqa: E402
 from toolattn.artifacts import Run, load_profile, sha256_file  # noqa: E402
@@ -300,7 +300,7 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
         fs_sub = [fs[i] for i in sub]
         clean_sub = iv.clean(fs_sub) if len(sub) < len(requests) else clean
         ablation = {}
-        for layer in range(0, iv.layers, cfg["ablation_every"]):
+        for layer in tqdm(range(0, iv.layers, cfg["ablation_every"]), desc=f"{model} MLP ablation", unit="layer"):
             def compute(layer=layer):
                 out = {}
                 for kind, scope in ABLATIONS:
@@ -316,7 +316,7 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
                     "random": random_pairs(len(needs), cfg["seed"])}
         src = {k: np.where(v >= 0, v, np.arange(len(v))) for k, v in partners.items()}  # unpaired: themselves
         patching = {}
-        for layer in range(iv.layers):
+        for layer in tqdm(range(iv.layers), desc=f"{model} patching", unit="layer"):
             def compute(layer=layer):
                 out = {}
                 for site in SITES:

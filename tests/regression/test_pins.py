@@ -32,9 +32,11 @@ PINS = {
         "forced_choice_accuracy", "tool_no_tool_accuracy", "generation_call_validity", "p_tool_auc",
         "base_forced_choice_accuracy", "base_tool_no_tool_accuracy", "final_loss", "weight_divergence_argmax_layer"]),
     "circuit_zones": (["gemma-3-270m-tools", "gemma-3-270m"], [
-        "tool_no_tool_accuracy", "probe_accuracy.L0", "probe_accuracy.L5", "probe_accuracy.L11",
-        "first_layer_probe_95", "worst_mlp_layer", "worst_mlp_drop", "mlp_ablation_drop.L5",
-        "flip_rate.L10", "flip_rate.L11", "flip_rate.L12", "pc1_variance.L11"]),
+        "tool_no_tool_accuracy", "probe_accuracy.embed", "probe_accuracy.L0", "probe_accuracy.L5",
+        "probe_accuracy.L11", "probe_accuracy_decision.L11", "first_layer_probe_95", "worst_mlp_layer",
+        "worst_mlp_drop", "mlp_ablation_drop.L5", "mlp_zero_ablation_drop.L5", "mlp_ablation_dnll.L5",
+        "flip_rate.L10", "flip_rate.L11", "flip_rate.L12", "null_flip_rate.L11", "flip_rate_whole.L5",
+        "pc1_variance.L11", "pc1_mean_diff_share.L11"]),
 }
 CASES = [(m, a) for a, (ms, _) in PINS.items() for m in ms]
 
