@@ -127,13 +127,14 @@ def pc1_shares(X: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """``(total, between, mean_diff)`` for ``X [n, features]``, binary ``y``: the share of the total
     variance on PC1; the between-class share of the variance of the PC1 scores; and the share of the
     squared class-mean difference that lies along PC1."""
+    X = np.asarray(X, np.float64)
     Xc = X - X.mean(0)
-    _, S, Vt = np.linalg.svd(Xc, full_matrices=False)
-    v = Vt[0]  # [features]
-    z = Xc @ v  # [n] PC1 scores
+    eigval, eigvec = np.linalg.eigh(Xc @ Xc.T)  # the n x n Gram matrix: n << features
+    z = eigvec[:, -1] * np.sqrt(max(eigval[-1], 0.0))  # [n] PC1 scores
+    v = Xc.T @ eigvec[:, -1] / np.sqrt(max(eigval[-1], 1e-30))  # [features] PC1 direction, unit norm
     between = sum((y == k).sum() * (z[y == k].mean() - z.mean()) ** 2 for k in (0, 1)) / (z ** 2).sum()
     d = X[y == 1].mean(0) - X[y == 0].mean(0)
-    return float(S[0] ** 2 / (S ** 2).sum()), float(between), float((d @ v) ** 2 / (d @ d))
+    return float(eigval[-1] / eigval.clip(0).sum()), float(between), float((d @ v) ** 2 / (d @ d))
 
 
 def geometry(X: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> dict | None:
