@@ -91,7 +91,7 @@ def probe(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0, shuffles:
     for _ in range(shuffles):
         ys = rng.permutation(y)
         shuffled.append(float(np.mean(cross_val_predict(_probe_model(), X, ys, cv=cv) == ys)))
-    return {"acc": accuracy(correct), "shuffled": float(np.mean(shuffled))}
+    return {"acc": accuracy(correct), "shuffled": float(np.mean(shuffled)) if shuffled else None}
 
 
 def _probe_model():
@@ -288,7 +288,7 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
         acts = {"emb": clean.emb, **{f"L{i}": clean.resid[i] for i in range(iv.layers)}}
         probes = run.chunk("probes", lambda: {
             name: {"gold": probe(x.numpy(), needs.astype(int), cfg["cv_folds"], cfg["seed"], cfg["n_shuffles"]),
-                   "decision": probe(x.numpy(), decides.astype(int), cfg["cv_folds"], cfg["seed"], cfg["n_shuffles"]),
+                   "decision": probe(x.numpy(), decides.astype(int), cfg["cv_folds"], cfg["seed"], shuffles=0),
                    "pc1": pc1(x.numpy(), needs.astype(int), cfg["cv_folds"], cfg["seed"]),
                    "geometry": geometry(x.numpy(), needs.astype(int), cfg["n_bootstrap"], cfg["seed"])}
             for name, x in acts.items()})
