@@ -266,7 +266,7 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
                       n_no_tool=cfg["n_no_tool"], seed=cfg["seed"])
     tools = core_tools()
     lm = load_model(model, profile=profile)
-    iv = Intervener(lm, tools, batch_size=cfg["batch_size"])
+    iv = Intervener(lm, tools, batch_size=cfg["batch_size"], nll_tokens=cfg["nll_tokens"])
     inputs = {"data/prompts.json": sha256_file(paths.PROMPTS_FILE), "data/tools.json": sha256_file(paths.TOOLS_FILE),
               **lm.files}
     needs = np.array([r.needs_tool for r in requests])
@@ -304,10 +304,10 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
         for layer in tqdm(range(0, iv.layers, cfg["ablation_every"]), desc=f"{model} MLP ablation", unit="layer"):
             def compute(layer=layer):
                 out = {}
-                for kind, scope in ABLATIONS:
-                    r = iv.ablate_mlp(fs_sub, clean_sub, layer, kind, scope)
+                for i, (kind, scope) in enumerate(ABLATIONS):  # the loss check on the primary reading only
+                    r = iv.ablate_mlp(fs_sub, clean_sub, layer, kind, scope, nll=i == 0)
                     out[f"{kind}:{scope}"] = {"p_tool": r.p_tool.tolist(), "decides_tool": r.decides_tool.tolist(),
-                                              "text_nll": r.text_nll.tolist()}
+                                              "text_nll": None if r.text_nll is None else r.text_nll.tolist()}
                 return out
             ablation[layer] = run.chunk(f"ablation-L{layer:02d}", compute)
         run.timing("ablation_s", time.time() - t)
@@ -351,7 +351,7 @@ def summarise(run, cfg, requests, needs, decides, made_call, clean, probes, requ
     metrics = {k: {} for k in (
         "probe_accuracy", "probe_accuracy_decision", "shuffled_probe_accuracy", "pc1_variance", "pc1_between_share",
         "pc1_mean_diff_share", "pc1_accuracy", "mlp_ablation_drop", "mlp_zero_ablation_drop",
-        "mlp_after_block_ablation_drop", "mlp_ablation_dp_tool", "mlp_ablation_dnll", "mlp_zero_ablation_dnll",
+        "mlp_after_block_ablation_drop", "mlp_ablation_dp_tool", "mlp_ablation_dnll",
         "flip_rate", "flip_rate_mlp", "flip_rate_whole", "null_flip_rate", "random_flip_rate")}
 
     # probes and geometry
@@ -377,7 +377,6 @@ def summarise(run, cfg, requests, needs, decides, made_call, clean, probes, requ
             metrics[name][key] = drop(d_clean, np.array(ab[cond]["decides_tool"]), needs[sub])
         metrics["mlp_ablation_dp_tool"][key] = bootstrap_ci(np.array(ab["mean:all"]["p_tool"]) - p_clean)
         metrics["mlp_ablation_dnll"][key] = bootstrap_ci(np.array(ab["mean:all"]["text_nll"]) - nll_clean)
-        metrics["mlp_zero_ablation_dnll"][key] = bootstrap_ci(np.array(ab["zero:all"]["text_nll"]) - nll_clean)
     compute, broken, p_compute = compute_layers(metrics["mlp_ablation_drop"], metrics["mlp_ablation_dnll"],
                                                 cfg["alpha"], cfg["broken_nll_increase"])
 
@@ -417,7 +416,7 @@ def summarise(run, cfg, requests, needs, decides, made_call, clean, probes, requ
                 "mean_p_holm": p_compute.get(key), "zero_drop": v(m("mlp_zero_ablation_drop")),
                 "zero_lo": v(m("mlp_zero_ablation_drop"), "lo"), "zero_hi": v(m("mlp_zero_ablation_drop"), "hi"),
                 "after_block_drop": v(m("mlp_after_block_ablation_drop")), "dP_tool": v(m("mlp_ablation_dp_tool")),
-                "dnll_mean": v(m("mlp_ablation_dnll")), "dnll_zero": v(m("mlp_zero_ablation_dnll")),
+                "dnll_mean": v(m("mlp_ablation_dnll")),
                 "flip_resid": v(m("flip_rate")), "flip_resid_lo": v(m("flip_rate"), "lo"),
                 "flip_resid_hi": v(m("flip_rate"), "hi"), "flip_pairs": v(m("flip_rate"), "n"),
                 "flip_mlp": v(m("flip_rate_mlp")), "flip_whole": v(m("flip_rate_whole")),
@@ -473,7 +472,7 @@ def summarise(run, cfg, requests, needs, decides, made_call, clean, probes, requ
                     "label (k-fold CV, 95% Wilson band; shuffled-label control dashed) and on the model's decision; "
                     "PC1 shares (total variance, between-class share, share of the class-mean difference); accuracy "
                     "drop when the MLP is mean- or zero-ablated at every position (95% Newcombe interval) and the "
-                    "change of the loss on the request text; flip rate when the residual stream is patched at the "
+                    "change of the loss on the request text under mean ablation; flip rate when the residual stream is patched at the "
                     "decision position from a request of the other class, from one of the same class (null), and "
                     "at every request position. Background: the measured zones.")
     plt.close(fig)
@@ -531,7 +530,6 @@ def layer_figure(rows, zones, model, cfg):
     ax.legend(fontsize=7)
     ax = axes[3]
     ax.plot(x, _col(rows, "dnll_mean"), marker="o", ms=3, label="mean ablation")
-    ax.plot(x, _col(rows, "dnll_zero"), marker="o", ms=3, label="zero ablation")
     ax.axhline(cfg["broken_nll_increase"], color="k", lw=0.5, ls=":")
     ax.set_ylabel("Δ loss on request\n(nats / token)")
     ax.legend(fontsize=7)

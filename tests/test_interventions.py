@@ -102,7 +102,8 @@ def test_mean_ablation_uses_the_mean_over_every_prompt_token_and_equals_manual_f
 def test_text_loss_equals_full_forward(setup):
     lm, iv, fs, clean = setup
     for i, f in enumerate(fs):
-        t0, t1 = f.prefix_len, iv._text_end[f.text]
+        t0 = f.prefix_len
+        t1 = min(iv._text_end[f.text], t0 + iv.nll_tokens + 1)
         with torch.inference_mode():
             logits = lm.model(input_ids=torch.tensor([f.input_ids[: f.prompt_len]])).logits[0].float()
         ref = torch.nn.functional.cross_entropy(logits[t0 : t1 - 1], torch.tensor(f.input_ids[t0 + 1 : t1]))
@@ -278,7 +279,7 @@ def test_circuit_zones_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLATTN_ARTIFACTS", str(tmp_path))
     cfg = {"split": "heldout", "n_tool": 10, "n_no_tool": 6, "max_new_tokens": 4, "cv_folds": 3, "n_shuffles": 1,
            "probe_threshold": 0.95, "flip_threshold": 0.5, "alpha": 0.05, "broken_nll_increase": 1.0,
-           "n_bootstrap": 20, "ablation_every": 2, "ablation_requests": 0, "patch_whole_every": 2,
+           "n_bootstrap": 20, "nll_tokens": 8, "ablation_every": 2, "ablation_requests": 0, "patch_whole_every": 2,
            "batch_size": 8, "seed": 0}
     circuit_zones.run("smoke", "tiny-gemma3", cfg)
     out = tmp_path / "smoke" / "tiny-gemma3" / "circuit_zones"

@@ -203,8 +203,10 @@ class Clean(Readout):
 class Intervener:
     """Runs requests against one tool list with edits at chosen layers and sites."""
 
-    def __init__(self, lm: LoadedModel, tools: list[Tool], batch_size: int = 16):
-        self.lm, self.tools, self.batch_size = lm, tools, batch_size
+    def __init__(self, lm: LoadedModel, tools: list[Tool], batch_size: int = 16, nll_tokens: int = 8):
+        """``nll_tokens``: the loss on the request text is read over at most this many predicted tokens
+        per request (the output head is the largest matrix of a small model)."""
+        self.lm, self.tools, self.batch_size, self.nll_tokens = lm, tools, batch_size, nll_tokens
         self.model = lm.model
         self.decoder, self.head, self.softcap = decoder_parts(lm.model)
         self.net = nnsight.NNsight(self.decoder)
@@ -359,13 +361,15 @@ class Intervener:
                      mlp_mean=sums / count, request_emb=in_order(req_emb, batches))
 
     def text_nll(self, batch: Batch, h: torch.Tensor) -> torch.Tensor:
-        """Mean next-token loss (nats) over each request's own text tokens, ``[batch]``, from the final
-        hidden states ``h [batch, q, hidden]``: how well the model still models language (ablations)."""
+        """Mean next-token loss (nats) over each request's own text tokens (the first ``nll_tokens``
+        predicted ones), ``[batch]``, from the final hidden states ``h [batch, q, hidden]``: how well the
+        model still models language (ablations)."""
         P = batch.start
         out = []
         with torch.inference_mode():
             for b, f in enumerate(batch.formatted):
                 t0, t1 = f.prefix_len - P, self._text_end[f.text] - P  # the text's tokens in the input
+                t1 = min(t1, t0 + self.nll_tokens + 1)
                 logits = self.head(h[b, t0 : t1 - 1]).float()  # predicting tokens t0+1 .. t1-1
                 if self.softcap:
                     logits = torch.tanh(logits / self.softcap) * self.softcap
@@ -403,12 +407,12 @@ class Intervener:
                        text_nll=in_order(losses, batches) if nll else None)
 
     def ablate_mlp(self, fs: list[Formatted], clean: Clean, layer: int, kind: str = "mean",
-                   scope: str = "all") -> Readout:
+                   scope: str = "all", nll: bool = True) -> Readout:
         """The MLP output of ``layer`` set to zero (``kind="zero"``) or to its mean over every token of
         every prompt (``"mean"``, ``clean.mlp_mean``), at every position (``scope="all"``: the tool block
-        is recomputed) or at every position after the tool block (``"after_block"``). The readout
-        includes the next-token loss on the request text, so that breaking the decision can be told
-        apart from breaking the model.
+        is recomputed) or at every position after the tool block (``"after_block"``). With ``nll`` the
+        readout includes the next-token loss on the request text, so that breaking the decision can be
+        told apart from breaking the model.
         """
         if kind not in ("zero", "mean"):
             raise ValueError(f"unknown ablation {kind!r}; use 'zero' or 'mean'")
@@ -416,7 +420,7 @@ class Intervener:
             raise ValueError(f"unknown ablation scope {scope!r}; use 'all' or 'after_block'")
         edits = [Edit(layer, "mlp", torch.zeros(()) if kind == "zero" else clean.mlp_mean[layer])]
         tool_kv = self.tool_block(fs, edits, below=layer) if scope == "all" else None
-        return self.run(fs, lambda batch: edits, clean, below=layer, tool_kv=tool_kv, nll=True)
+        return self.run(fs, lambda batch: edits, clean, below=layer, tool_kv=tool_kv, nll=nll)
 
     def patch_request(self, fs: list[Formatted], clean: Clean, layer: int, source) -> Readout:
         """Replace the residual stream after ``layer`` at every request position (everything after the
