@@ -166,7 +166,6 @@ def settings(profile: str, model: str) -> dict:
 
 def run(profile: str, model: str) -> None:
     cfg = settings(profile, model)
-    torch.set_num_threads(int(os.environ.get("TOOLATTN_THREADS", os.cpu_count() or 1)))
     requests = select(load_prompts(), split=cfg["split"], n_per_tool=cfg["n_tool"] // 10,
                       n_no_tool=cfg["n_no_tool"], seed=cfg["seed"])
     tools = core_tools()

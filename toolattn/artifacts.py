@@ -120,8 +120,7 @@ def git_state() -> tuple[str, bool]:
 def code_hash(analysis: str) -> str:
     """sha256 over the library sources and the analysis module."""
     h = hashlib.sha256()
-    files = (sorted((paths.ROOT / "toolattn").glob("*.py")) + sorted((paths.ROOT / "toolattn" / "templates").glob("*"))
-             + [paths.ROOT / "analyses" / f"{analysis}.py"])
+    files = sorted((paths.ROOT / "toolattn").glob("*.py")) + [paths.ROOT / "analyses" / f"{analysis}.py"]
     for f in files:
         if f.exists():
             h.update(f.name.encode() + f.read_bytes())
