@@ -141,34 +141,36 @@ def _from_folder(folder: Path, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
-    fix = _folder_fix(folder)
+    label, fix = _folder_owner(folder)
     problem = folder_problem(folder)
     if problem:
-        raise ModelError(f"model folder {folder}: {problem}; {fix}")
+        raise ModelError(f"{label}: {problem}; {fix}")
     try:
         tok = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
     except Exception as e:  # transformers / safetensors raise many kinds on a damaged folder
         why = " ".join(str(e).split())[:300] or type(e).__name__
-        raise ModelError(f"cannot load model folder {folder}: {why}; {fix}") from e
+        raise ModelError(f"{label}: cannot load it ({why}); {fix}") from e
     return model, tok
 
 
-def _folder_fix(folder: Path) -> str:
-    """What to do about a folder that does not load, by who owns it: a converted copy in the cache
-    can be rebuilt, a tuned child retrained, a folder the user downloaded is never ours to delete."""
+def _folder_owner(folder: Path) -> tuple[str, str]:
+    """How to name a model folder in a message, and what to do when it does not load, by who owns
+    it: a converted copy in the cache is rebuilt, a tuned child retrained; a folder the user
+    downloaded is never ours to delete."""
     folder = Path(folder).resolve()
     cache, arts = paths.cache_dir().resolve(), paths.artifacts_root().resolve()
     if folder.is_relative_to(cache / "models"):
-        return (f"it is a converted copy: delete {folder} and run "
-                f"`python -m toolattn.cli convert {folder.name}` to rebuild it")
+        return (f"converted model folder {folder}",
+                f"delete it and run `python -m toolattn.cli convert {folder.name}` to rebuild it")
     if folder.is_relative_to(arts):
-        return f"it is a fine-tuned checkpoint: delete {folder} and run `make finetune` to retrain it"
-    envs = [k for k, v in os.environ.items() if k.startswith("TOOLATTN_LOCAL_") and v
-            and Path(v).resolve() == folder]
-    where = f"{envs[0]}={os.environ[envs[0]]}" if envs else str(folder)
-    return (f"{where} must be a complete downloaded model folder (config.json, *.safetensors or "
-            f"pytorch_model.bin, tokenizer files): download it again, or point the variable elsewhere or unset it")
+        return f"fine-tuned checkpoint {folder}", "delete it and run `make finetune` to retrain it"
+    envs = sorted(k for k, v in os.environ.items() if k.startswith("TOOLATTN_LOCAL_") and v
+                  and Path(v).resolve() == folder)
+    label = f"{envs[0]}={os.environ[envs[0]]}" if envs else f"local model folder {folder}"
+    what = "point the variable at" if envs else "pass"
+    return label, (f"{what} a complete downloaded model folder (config.json, *.safetensors or "
+                   f"pytorch_model*.bin, tokenizer files){', or unset it' if envs else ''}")
 
 
 def folder_problem(folder: Path) -> str:
