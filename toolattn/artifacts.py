@@ -44,7 +44,7 @@ def load_profile(name: str) -> dict:
     profiles = load_profiles()
     if name not in profiles:
         raise KeyError(f"unknown profile {name!r}; known profiles: {', '.join(profiles)} "
-                       f"(defined in {paths.PROFILES_FILE.name})")
+                       f"(defined in toolattn/{paths.PROFILES_FILE.name})")
     return profiles[name]
 
 
@@ -58,8 +58,7 @@ def ensure_writable(folder: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        where = e.filename or folder
-        raise PermissionError(f"cannot write to {where} ({e.strerror or e}); make the artifacts folder writable "
+        raise PermissionError(f"cannot write to {folder} ({e.strerror or e}); make the artifacts folder writable "
                               f"(chmod -R u+w {paths.artifacts_root()}) or set TOOLATTN_ARTIFACTS to a writable folder"
                               ) from None
 

@@ -62,11 +62,15 @@ def configure_threads() -> int | None:
 
 def _analysis_name(run) -> str:
     """``baseline`` for ``analyses.baseline.run`` (also when that module runs as ``__main__``)."""
+    from pathlib import Path
+
     module = run.__module__
     if module == "__main__":
         spec = getattr(sys.modules["__main__"], "__spec__", None)
-        module = spec.name if spec is not None else sys.argv[0]
-    return module.rsplit(".", 1)[-1].removesuffix(".py")
+        if spec is None:  # run as a script: python analyses/baseline.py
+            return Path(sys.argv[0]).stem
+        module = spec.name
+    return module.rsplit(".", 1)[-1]
 
 
 def preflight(profile: str, model: str, analysis: str) -> None:
