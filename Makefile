@@ -89,7 +89,7 @@ hub: | $(STAMP)
 # makes, so `make report` never recomputes an analysis. STRICT=1 always re-renders (it checks for gaps).
 report: paper/build/$(PROFILE)/report.pdf
 paper/build/%/report.pdf: $(REPORT_SRC) $$(wildcard $(ART)/$$*/*/*/result.json) $(if $(STRICT),FORCE) | $(STAMP)
-	$(PY) -m paper.render --profile $* $(if $(STRICT),--strict,)
+	$(PY) -m paper.render --profile $* --build-dir paper/build/$* $(if $(STRICT),--strict,)
 FORCE:
 
 # --- tests ---------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ test: $(FAST_ARTIFACTS) | $(STAMP)
 check: | $(STAMP)
 	@stale=; for a in $(FAST_ARTIFACTS); do \
 	  [ ! -e $$a ] || $(MAKE) -s -q $$a || stale="$$stale $${a%/manifest.json}"; done; \
-	if [ -n "$$stale" ]; then echo "error: stale fast artifacts (an input changed since they were made):$$stale;" \
+	if [ -n "$$stale" ]; then echo "error: stale fast artifacts (an input changed, or is missing, since they were made):$$stale;" \
 	  "run \`make fast\` to rebuild them (make check never recomputes)" >&2; exit 2; fi
 	$(PY) -m pytest tests/regression -q
 

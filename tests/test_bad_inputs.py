@@ -178,6 +178,15 @@ def test_local_folder_of_the_tuned_child(tmp_path, monkeypatch):
     assert "trained yet" not in str(e.value) and "delete" not in str(e.value)
 
 
+def test_damaged_checkpoint_names_the_make_target(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLATTN_ARTIFACTS", str(tmp_path))
+    folder = models.tuned_checkpoint("gemma-3-270m-tools", "fast")
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match=r"fine-tuned checkpoint .*no model weights.*make finetune PROFILE=fast"):
+        models.load_model("gemma-3-270m-tools")
+
+
 def test_truncated_user_weights_are_named(tmp_path):
     tiny = models.load_model("tiny-qwen3")
     tiny.model.save_pretrained(tmp_path)

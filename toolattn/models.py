@@ -164,7 +164,9 @@ def _folder_owner(folder: Path) -> tuple[str, str]:
         return (f"converted model folder {folder}",
                 f"delete it and run `python -m toolattn.cli convert {folder.name}` to rebuild it")
     if folder.is_relative_to(arts):
-        return f"fine-tuned checkpoint {folder}", "delete it and run `make finetune` to retrain it"
+        profile = folder.relative_to(arts).parts[0] if folder != arts else "fast"
+        return (f"fine-tuned checkpoint {folder}",
+                f"delete it and run `make finetune PROFILE={profile}` to retrain it")
     envs = sorted(k for k, v in os.environ.items() if k.startswith("TOOLATTN_LOCAL_") and v
                   and Path(v).resolve() == folder)
     label = f"{envs[0]}={os.environ[envs[0]]}" if envs else f"local model folder {folder}"
