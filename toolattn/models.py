@@ -355,7 +355,8 @@ def ensure_converted(spec: ModelSpec, verify: bool = False) -> Path:
     except Exception as e:  # the gguf reader raises many kinds on a damaged file
         why = " ".join(str(e).split())[:300] or type(e).__name__
         raise ModelError(f"cannot convert {gguf} ({why}); delete it and run "
-                         f"`python -m toolattn.cli convert {spec.name}` to assemble it again") from e
+                         f"`python -m toolattn.cli convert {spec.name}` to assemble it again (if that fails too, "
+                         "reinstall the environment with `make setup`)") from e
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config  # weights are de-quantised floats now
     model.hf_quantizer = None
