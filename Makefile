@@ -13,14 +13,23 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= fast
 ART := artifacts
-CACHE := .cache/models
+CACHE := $(or $(TOOLATTN_CACHE),.cache)/models
 
+# Everything an analysis reads besides its own module and its model: the library, the profiles,
+# the prompt sets and tool catalog. The chat templates are read when the tuned child is made (its
+# tokenizer carries the template), so they are inputs of the finetune rule and, through its
+# manifest, of every analysis of the child.
 LIB := $(wildcard toolattn/*.py) toolattn/profiles.toml
-DATA := data/tools.json data/prompts.json
+DATA := $(wildcard data/*.json)
+TEMPLATES := $(wildcard toolattn/templates/*)
+# Everything the report reads besides the artifacts: its code, templates, section list, claims, assets.
+REPORT_SRC := $(wildcard paper/*.py paper/*.toml paper/*.css paper/*.typ paper/templates/*) \
+              toolattn/paths.py toolattn/artifacts.py toolattn/profiles.toml
 EMBEDDED := qwen2.5-coder-1.5b gemma-3-270m
 model_stamp = $(CACHE)/$(1)/source.json
 
-.PHONY: setup models fast all finetune hub report test check bench clean help
+.PHONY: setup models fast all finetune hub report test check bench clean help FORCE
+.SECONDEXPANSION:
 help:
 	@sed -n '2,8p' Makefile
 
@@ -39,15 +48,16 @@ $(CACHE)/%/source.json: | $(STAMP)
 
 # --- analyses ------------------------------------------------------------------------------
 # artifacts/<profile>/<model>/<analysis>/manifest.json is written last, so it marks a finished run.
-# Each analysis runs on the models listed here; a rule depends on its code, the library, the data,
-# the profiles and the model (a converted embedded model, or the tuned child's fine-tuning run).
+# Each analysis runs on the models listed here; a rule depends on its code, the library (with its
+# chat templates), the data, the profiles and the model (a converted embedded model, or the tuned
+# child's fine-tuning run, whose manifest is newer than the checkpoint and tokenizer it wrote).
 CHILD := gemma-3-270m-tools
 QWEN := qwen2.5-coder-1.5b
 GEMMA := gemma-3-270m
 RUNS := baseline:$(QWEN) baseline:$(GEMMA) retrieval_heads:$(QWEN) finetune:$(CHILD) \
         circuit_zones:$(CHILD) circuit_zones:$(GEMMA) circuit_zones:$(QWEN)
 model_dep = $(if $(filter $(2),$(CHILD)),$(ART)/$(1)/$(CHILD)/finetune/manifest.json,$(call model_stamp,$(2)))
-finetune_model_dep = $(call model_stamp,$(GEMMA))
+finetune_model_dep = $(call model_stamp,$(GEMMA)) $(TEMPLATES)
 
 define analysis_rule
 $(ART)/$(1)/$(3)/$(2)/manifest.json: analyses/$(2).py $(LIB) $(DATA) \
@@ -74,14 +84,24 @@ hub: | $(STAMP)
 	@for r in $(HUB_RUNS); do a=$${r%%:*}; m=$${r#*:}; $(PY) -m analyses.$$a --profile hub --model $$m || exit 1; done
 	$(MAKE) report PROFILE=hub
 
-report: | $(STAMP)
-	$(PY) -m paper.render --profile $(PROFILE) $(if $(STRICT),--strict,)
+# The report is re-rendered when its code or templates change or an artifact of its profile is
+# (re)written (report.pdf is written last); it depends on the result.json files, which no rule
+# makes, so `make report` never recomputes an analysis. STRICT=1 always re-renders (it checks for gaps).
+report: paper/build/$(PROFILE)/report.pdf
+paper/build/%/report.pdf: $(REPORT_SRC) $$(wildcard $(ART)/$$*/*/*/result.json) $(if $(STRICT),FORCE) | $(STAMP)
+	$(PY) -m paper.render --profile $* --build-dir paper/build/$* $(if $(STRICT),--strict,)
+FORCE:
 
 # --- tests ---------------------------------------------------------------------------------
 test: $(FAST_ARTIFACTS) | $(STAMP)
 	$(PY) -m pytest tests -q
 
+# check recomputes nothing: it refuses artifacts whose inputs changed since they were made.
 check: | $(STAMP)
+	@stale=; for a in $(FAST_ARTIFACTS); do \
+	  [ ! -e $$a ] || $(MAKE) -s -q $$a || stale="$$stale $${a%/manifest.json}"; done; \
+	if [ -n "$$stale" ]; then echo "error: stale fast artifacts (an input changed, or is missing, since they were made):$$stale;" \
+	  "run \`make fast\` to rebuild them (make check never recomputes)" >&2; exit 2; fi
 	$(PY) -m pytest tests/regression -q
 
 bench: $(call model_stamp,qwen2.5-coder-1.5b) | $(STAMP)

@@ -104,7 +104,6 @@ def summarise(run: Run, rows: list[dict], names: list[str], t_score: float) -> N
         "n_no_tool_requests": int((~needs).sum()),
         "plan_threshold": PLAN_THRESHOLD,
         "plan_threshold_holds": bool(forced_acc["value"] > PLAN_THRESHOLD),
-        "seconds_per_request": t_score / max(len(rows), 1),
         "reply_openings_tool": openings[True],
         "reply_openings_no_tool": openings[False],
     }
@@ -116,8 +115,10 @@ def summarise(run: Run, rows: list[dict], names: list[str], t_score: float) -> N
     run.save_figure("p_tool", fig, f"P(tool) at the first reply position for tool and no-tool requests ({run.model}).")
     plt.close(fig)
     run.result(metrics)
+    run.timing("scoring", t_score)  # wall clock: in the manifest, so result.json is reproducible
+    per_request = run.timing("scoring_per_request", t_score / max(len(rows), 1))
     print(f"[baseline] {run.model}: forced {forced_acc['value']:.3f} generation {metrics['generation_accuracy']['value']:.3f}"
-          f" tool/no-tool {metrics['tool_no_tool_accuracy']['value']:.3f} ({metrics['seconds_per_request']:.2f} s/request)")
+          f" tool/no-tool {metrics['tool_no_tool_accuracy']['value']:.3f} ({per_request:.2f} s/request)")
 
 
 def confusion_figure(tool_rows, names, model):

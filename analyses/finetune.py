@@ -14,14 +14,11 @@ attention and MLP weights.
 
 from __future__ import annotations
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from toolattn import paths  # noqa: E402
 from toolattn.artifacts import Run, load_profile, sha256_file  # noqa: E402
@@ -41,7 +38,6 @@ TARGETS = {"forced_choice_accuracy": 0.90, "tool_no_tool_accuracy": 0.95}
 def run(profile: str) -> None:
     prof = load_profile(profile)
     cfg = dict(prof["finetune"], batch_size=prof["batch_size"], seed=prof["seed"])
-    torch.set_num_threads(int(os.environ.get("TOOLATTN_THREADS", os.cpu_count() or 1)))
     folder = ensure_child(profile, cfg)
     source = read_source(folder)
     requests = select(load_prompts(), split="heldout", n_per_tool=cfg["eval_per_tool"],
@@ -106,7 +102,7 @@ def summarise(run: Run, rows: dict, divergence: list[dict], source: dict, names:
                "n_no_tool_requests": sum(not r["gold"] for r in rows["child"]),
                "train_examples": source["train_examples"], "train_no_tool_examples": source["no_tool_examples"],
                "train_requests": source["train_requests"], "train_tokens": source["train_tokens"],
-               "train_steps": source["steps"], "train_seconds": source["seconds"],
+               "train_steps": source["steps"],
                "train_threads": source.get("threads"),
                "checkpoint_bytes": sum(f.stat().st_size for f in folder.iterdir() if f.is_file()),
                "checkpoint_key": source["key"],
@@ -169,11 +165,12 @@ def summarise(run: Run, rows: dict, divergence: list[dict], source: dict, names:
 
     where = folder.relative_to(paths.ROOT) if folder.is_relative_to(paths.ROOT) else folder
     run.result(metrics, base=BASE, format_example=example, checkpoint=str(where))
+    run.timing("training", source["seconds"])  # wall clock of the (possibly earlier) training run
     fc, tn = child["forced_choice_accuracy"], child["tool_no_tool_accuracy"]
     print(f"[finetune] {CHILD}: forced {fc['value']:.3f} [{fc['lo']:.3f}, {fc['hi']:.3f}] tool/no-tool "
           f"{tn['value']:.3f} [{tn['lo']:.3f}, {tn['hi']:.3f}]; base forced "
           f"{base['forced_choice_accuracy']['value']:.3f} tool/no-tool {base['tool_no_tool_accuracy']['value']:.3f};"
-          f" trained {metrics['train_steps']} steps in {metrics['train_seconds']:.0f}s")
+          f" trained {metrics['train_steps']} steps in {source['seconds']:.0f}s")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ def num(m, digits=2) -> str:
 
 
 def secs(x) -> str:
+    if x is None or value(x) is None:
+        return "n/a"
     x = float(value(x))
     return f"{x:.2f} s" if x < 100 else f"{x / 60:.1f} min"
 
@@ -269,6 +271,16 @@ class Context:
     def manifest(self, model: str, analysis: str) -> dict:
         return self._json(self.folder(model, analysis) / "manifest.json")
 
+    def timing(self, model: str, analysis: str, name: str, default=_REQUIRED):
+        """A wall-clock duration (seconds) the run recorded in its manifest's ``timings``."""
+        timings = self.manifest(model, analysis).get("timings") or {}
+        if name not in timings:
+            if default is not _REQUIRED:
+                return default
+            where = show_path(self.folder(model, analysis) / "manifest.json")
+            raise ReportError(f"timing {name!r} is not in {where}; rerun `make {self.profile}` to record it")
+        return timings[name]
+
     def metric(self, model: str, analysis: str, name: str, default=_REQUIRED):
         """A metric of result.json; ``name`` may be a dotted path (``flip_rate.L11``)."""
         node = self.result(model, analysis).get("metrics", {})
@@ -394,7 +406,7 @@ class Context:
 
         return dict(
             profile=self.profile, section=section, requires=section.get("requires", []),
-            has=self.has, result=self.result, manifest=self.manifest, metric=self.metric,
+            has=self.has, result=self.result, manifest=self.manifest, metric=self.metric, timing=self.timing,
             table=self.table, models=self.models, runs=self.runs, inputs=self.inputs,
             versions=self.versions, config_rows=self.config_rows,
             figure=self.figure, tbl=self.tbl, ref=self.ref,

@@ -205,6 +205,12 @@ def build(profile: str = "fast", build_dir: Path | None = None, paper: dict | No
     ``build_dir`` defaults to ``$TOOLATTN_BUILD/<profile>`` or ``paper/build/<profile>``;
     ``strict`` defaults to the STRICT environment variable. Returns {"qmd"|"html"|"pdf": path}.
     """
+    from toolattn.artifacts import load_profiles
+
+    known = load_profiles()
+    if profile not in known:
+        raise ReportError(f"unknown profile {profile!r}; known profiles: {', '.join(known)} "
+                          f"(defined in {show_path(paths.PROFILES_FILE)})")
     unknown = set(to) - set(FORMATS)
     if unknown:
         raise ReportError(f"unknown output format(s) {', '.join(sorted(unknown))}; use {', '.join(FORMATS)}")
@@ -247,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build(args.profile, args.build_dir, strict=args.strict or None,
               to=[t for t in args.to.split(",") if t])
-    except ReportError as e:
-        print(f"report: error: {e}", file=sys.stderr)
-        return 1
+    except (ReportError, ValueError) as e:
+        print(f"report: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -26,3 +26,15 @@ def real_tokenizer(name: str):
     if not (folder / "config.json").exists():
         pytest.fail(f"{folder} is missing: run `make models` first (make test does this)")
     return AutoTokenizer.from_pretrained(folder)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """A failed pinned number points at the README's rule for regenerating pins."""
+    failed = [r for r in terminalreporter.stats.get("failed", [])
+              if "regression/test_pins" in r.nodeid.replace("\\", "/")
+              and "no finished artifact" not in (r.longreprtext or "")]
+    if failed:
+        terminalreporter.write_line(
+            f"{len(failed)} pinned number(s) differ from tests/regression/test_pins/. Regenerate pins only after an "
+            "intended change of method, data or model, never to make a failing check pass: see README.md, "
+            "section 'Pinned numbers'.", red=True, bold=True)

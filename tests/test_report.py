@@ -73,7 +73,6 @@ def write_baseline(artifacts: Path, model: str = MODEL, profile: str = "fast") -
             "tool_no_tool_accuracy": metric(0.7714, 0.6857, 0.8500, 120),
             "p_tool_auc": metric(0.8342, 0.7711, 0.8890, 120),
             "n_tools": 4, "plan_threshold": 0.9, "plan_threshold_holds": True,
-            "seconds_per_request": 0.4123,
         },
         "tables": {"per_tool": "per_tool.csv", "requests": "requests.csv"},
         "figures": {"confusion": {"file": "confusion.png", "caption": "Confusion matrix of forced choice."}},
@@ -86,6 +85,7 @@ def write_baseline(artifacts: Path, model: str = MODEL, profile: str = "fast") -
                    "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf": hashlib.sha256(b"weights").hexdigest()},
         "versions": {"torch": "2.5.1", "transformers": "5.23.0", "python": "3.11.7"},
         "device": "cpu", "dtype": "float32", "seed": 0, "wall_time_s": 123.4,
+        "timings": {"scoring": 32.98, "scoring_per_request": 0.4123},
         "created": "2026-05-01T10:00:00+00:00",
     }
     (folder / "result.json").write_text(json.dumps(result))
@@ -159,7 +159,7 @@ def test_html_prints_the_metrics_as_the_template_formats_them(built):
     assert pct(m["generation_accuracy"]) in row_with(built.html, "Generation accuracy")
     assert pct(m["tool_no_tool_accuracy"]) in row_with(built.html, "Tool / no-tool accuracy")
     assert num(m["p_tool_auc"]) in row_with(built.html, "P(tool) AUC")
-    assert num(m["seconds_per_request"]) in row_with(built.html, "Seconds per request")
+    assert num(0.4123) in row_with(built.html, "Seconds per request")  # from the manifest's timings
     assert "threshold <strong>holds</strong>" in built.html
 
 
@@ -245,7 +245,7 @@ def test_strict_fails_naming_the_folder_and_target(artifacts, monkeypatch):
 
 
 def test_cli_strict_prints_one_line(artifacts, capsys):
-    assert render.main(["--profile", "fast", "--strict", "--to", ""]) == 1
+    assert render.main(["--profile", "fast", "--strict", "--to", ""]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "gemma-3-270m/baseline" in err and "make fast" in err
 

@@ -2,7 +2,9 @@
 
 A finished folder holds ``result.json`` (key numbers, and the names of its tables and
 figures), CSV tables, PNG figures and ``manifest.json`` (git sha + dirty flag, resolved config,
-sha256 of every input, library versions, device, dtype, seed, wall time). Every file is
+sha256 of every input, library versions, device, dtype, seed, wall time and the timings an
+analysis recorded with ``Run.timing``). ``result.json`` holds no wall-clock numbers, so the same
+inputs give a byte-identical ``result.json``. Every file is
 written to a temporary name and renamed, and ``manifest.json`` is written last: a folder
 without it is unfinished. Long analyses save finished chunks under ``chunks/`` and a re-run
 resumes from them.
@@ -28,12 +30,37 @@ from . import paths
 LIBRARIES = ["torch", "transformers", "numpy", "scipy", "scikit-learn", "nnsight", "tokenizers", "matplotlib"]
 
 
+def load_profiles() -> dict:
+    """Every profile of ``toolattn/profiles.toml``."""
+    try:
+        return tomllib.loads(paths.PROFILES_FILE.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{paths.PROFILES_FILE}: not valid TOML ({e}); fix the file "
+                         "(`git diff toolattn/profiles.toml` shows what changed)") from None
+
+
 def load_profile(name: str) -> dict:
     """One profile from ``toolattn/profiles.toml`` (sizes, batch sizes, seeds)."""
-    profiles = tomllib.loads(paths.PROFILES_FILE.read_text())
+    profiles = load_profiles()
     if name not in profiles:
-        raise KeyError(f"unknown profile {name!r}; known profiles: {', '.join(profiles)}")
+        raise KeyError(f"unknown profile {name!r}; known profiles: {', '.join(profiles)} "
+                       f"(defined in toolattn/{paths.PROFILES_FILE.name})")
     return profiles[name]
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be written into it, so a read-only
+    artifacts tree fails at once, before a model is loaded, instead of after the computation."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"cannot write to {folder} ({e.strerror or e}); make the artifacts folder writable "
+                              f"(chmod -R u+w {paths.artifacts_root()}) or set TOOLATTN_ARTIFACTS to a writable folder"
+                              ) from None
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -114,7 +141,10 @@ class Run:
 
     >>> with Run("fast", "qwen2.5-coder-1.5b", "baseline", config, inputs) as run:
     ...     part = run.chunk("scores-0", lambda: compute())   # resumed if already saved
+    ...     run.timing("scoring", seconds)                    # -> manifest.json "timings"
     ...     run.write_csv("per_tool", rows); run.result(metrics=...)
+
+    Wall-clock numbers go through ``timing`` into ``manifest.json``, never into ``result.json``.
     """
 
     def __init__(self, profile: str, model: str, analysis: str, config: dict, inputs: dict[str, str],
@@ -124,12 +154,12 @@ class Run:
         self.config, self.inputs, self.seed = config, dict(inputs), seed
         self.tables: dict[str, str] = {}
         self.figures: dict[str, dict] = {}
-        self.timings: dict[str, float] = {}
         self._result: dict | None = None
+        self.timings: dict[str, float] = {}
 
     def __enter__(self):
         self.t0 = time.time()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable(self.dir)
         stale = self.dir / "manifest.json"
         if stale.exists():  # a re-run: the folder is unfinished until the new manifest lands
             stale.unlink()
@@ -146,6 +176,7 @@ class Run:
                 "git_sha": sha, "git_dirty": dirty, "config": self.config, "inputs": self.inputs,
                 "versions": versions(), "device": "cpu", "dtype": "float32", "seed": self.seed,
                 "wall_time_s": round(time.time() - self.t0, 2), "timings": self.timings,
+                "threads": _threads(),
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             })
         return False
@@ -160,14 +191,19 @@ class Run:
                                         sort_keys=True).encode()).hexdigest()[:12]
         path = self.dir / "chunks" / f"{name}.{key}.json"
         if path.exists():
-            return json.loads(path.read_text())
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, OSError) as e:  # a damaged chunk is a cache miss, not a failure
+                print(f"[toolattn] {path} is damaged ({type(e).__name__}); recomputing it", flush=True)
         value = compute()
         write_json(path, value)
         return value
 
-    def timing(self, name: str, seconds: float) -> None:
-        """Record a cost (seconds, bytes, ...) in manifest.json: result.json stays the same for the same inputs."""
-        self.timings[name] = round(float(seconds), 4)
+    def timing(self, name: str, seconds: float) -> float:
+        """Record a wall-clock duration (seconds, summed over calls with the same name) in the
+        manifest's ``timings``; returns the total so far. Timings never enter ``result.json``."""
+        self.timings[name] = round(self.timings.get(name, 0.0) + float(seconds), 3)
+        return self.timings[name]
 
     def write_csv(self, name: str, rows: list[dict]) -> None:
         write_csv(self.dir / f"{name}.csv", rows)
@@ -180,6 +216,22 @@ class Run:
     def result(self, metrics: dict, **extra) -> None:
         self._result = {"analysis": self.analysis, "model": self.model, "profile": self.profile,
                         "metrics": metrics, "tables": self.tables, "figures": self.figures, **extra}
+
+
+def _threads() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.get_num_threads()
+
+
+def load_timings(profile: str, model: str, analysis: str) -> dict:
+    """The ``timings`` recorded in a finished run's manifest (seconds by name)."""
+    d = paths.artifact_dir(profile, model, analysis)
+    if not (d / "manifest.json").exists():
+        raise FileNotFoundError(f"no finished artifact at {d}; run `make {profile}`")
+    return json.loads((d / "manifest.json").read_text()).get("timings", {})
 
 
 def load_result(profile: str, model: str, analysis: str) -> dict:

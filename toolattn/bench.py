@@ -114,4 +114,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from .errors import cli_errors, configure_threads
+
+    with cli_errors():
+        configure_threads()
+        main()

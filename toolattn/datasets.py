@@ -49,13 +49,20 @@ def _bad(path: Path, what: str) -> ValueError:
     return ValueError(f"{path}: {what}. Regenerate it with `python data/build_prompts.py` (or fix the JSON).")
 
 
-def load_prompts(path: Path | None = None) -> list[Request]:
-    """All requests of the prompt file, in file order (default ``paths.PROMPTS_FILE``)."""
+def load_prompts(path: Path | None = None, validate: bool = True) -> list[Request]:
+    """All requests of the prompt file, in file order (default ``paths.PROMPTS_FILE``).
+
+    With ``validate`` (the default) every entry is checked as it loads (unique id, known split and
+    category, a gold tool that is a core tool, non-empty text): a bad entry raises a ``ValueError``
+    naming the file, the entry and the fix, before any model is loaded.
+    """
     path = Path(path) if path is not None else paths.PROMPTS_FILE
     if not path.is_file():
         raise _bad(path, "file not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise _bad(path, f"not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from e
     except json.JSONDecodeError as e:
         raise _bad(path, f"invalid JSON ({e})") from e
     if not isinstance(data, dict) or not isinstance(data.get("prompts"), list):
@@ -70,11 +77,44 @@ def load_prompts(path: Path | None = None) -> list[Request]:
         if "tool" not in p or not (p["tool"] is None or isinstance(p["tool"], str)):
             raise _bad(path, f"prompt #{i} ({p['id']}): field 'tool' must be a tool name or null")
         out.append(Request(p["id"], p["text"], p["tool"], p["category"], p["split"]))
+    if validate:
+        problems = entry_problems(out)
+        if not out:
+            problems.insert(0, "the 'prompts' list is empty")
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise ValueError(f"{path}: {problems[0]}{more}. Fix or remove that entry, or regenerate the file "
+                             "with `python data/build_prompts.py`.")
     return out
 
 
 def _class(r: Request) -> str:
     return r.tool if r.tool is not None else NO_TOOL
+
+
+def entry_problems(requests: list[Request], core: list[str] | tuple[str, ...] = CORE_NAMES) -> list[str]:
+    """Problems of single entries that would silently change the numbers (empty list = fine):
+    duplicate ids, empty texts, unknown splits or categories, gold tools outside ``core``."""
+    problems = []
+    first_id: dict[str, int] = {}
+    for i, r in enumerate(requests):
+        where = f"prompt #{i} (id {r.id!r})"
+        if r.id in first_id:
+            problems.append(f"{where}: duplicate id (first used by prompt #{first_id[r.id]})")
+        else:
+            first_id[r.id] = i
+        if not normalise(r.text):
+            problems.append(f"{where}: empty text")
+        if r.split not in SPLITS:
+            problems.append(f"{where}: unknown split {r.split!r} (use one of {', '.join(SPLITS)})")
+        if r.category not in CATEGORIES:
+            problems.append(f"{where}: unknown category {r.category!r} (use one of {', '.join(CATEGORIES)})")
+        if r.tool is not None and r.tool not in core:
+            problems.append(f"{where}: gold tool {r.tool!r} is not a core tool of the catalog "
+                            f"(core tools: {', '.join(core)})")
+        if (r.tool is not None) != (r.category == "tool"):
+            problems.append(f"{where}: category {r.category!r} does not fit tool {r.tool!r}")
+    return problems
 
 
 def validate_prompts(requests: list[Request], catalog: list[Tool] | None = None) -> list[str]:
@@ -112,6 +152,15 @@ def validate_prompts(requests: list[Request], catalog: list[Tool] | None = None)
         if held[cls] < MIN_HELDOUT_SHARE * n:
             problems.append(f"class {cls!r}: {held[cls]}/{n} held out, below {MIN_HELDOUT_SHARE:.0%}")
     return problems
+
+
+def check_inputs(prompts: Path | None = None, tools: Path | None = None) -> tuple[list[Request], list[Tool]]:
+    """Load and validate the tool catalog and the prompt set (what every analysis reads), so a bad
+    file fails in one line before any model is loaded."""
+    from .tools import load_catalog
+
+    catalog = load_catalog(tools)
+    return load_prompts(prompts), catalog
 
 
 def _pick(pool: list[Request], n: int | None, seed: int, label: str) -> list[Request]:

@@ -1,4 +1,4 @@
-"""One clear line for bad input, instead of a traceback."""
+"""One clear line for bad input, instead of a traceback; and the set-up every entry point shares."""
 
 from __future__ import annotations
 
@@ -11,21 +11,81 @@ from .models import ModelError
 
 @contextlib.contextmanager
 def cli_errors():
-    """Turn expected failures (bad model name or weights, malformed data, missing inputs) into one line.
+    """Turn expected failures (bad model name or weights, malformed data, missing inputs, a folder
+    that cannot be written) into one line and exit code 2.
 
     ``TOOLATTN_DEBUG=1`` shows the traceback instead.
     """
     try:
         yield
-    except (ModelError, ValueError, FileNotFoundError, KeyError) as e:
+    except (ModelError, ValueError, KeyError, OSError) as e:
         if os.environ.get("TOOLATTN_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of an expected failure, on one line."""
+    if isinstance(e, KeyError) and e.args:
+        msg = str(e.args[0])
+    elif isinstance(e, OSError) and e.filename and e.strerror and len(e.args) == 2:  # raised by the OS
+        what = "write" if isinstance(e, PermissionError) else "read or write"
+        msg = (f"{e.filename}: {e.strerror}; check that it exists and that you can {what} it "
+               "(TOOLATTN_DEBUG=1 shows where it happened)")
+    else:
+        msg = str(e)
+    return " ".join(msg.split())
+
+
+def configure_threads() -> int | None:
+    """``TOOLATTN_THREADS=N`` sets torch's CPU threads for every entry point (analyses, ``toolattn.cli``,
+    ``toolattn.bench``); unset leaves torch's default (the physical cores)."""
+    value = os.environ.get("TOOLATTN_THREADS", "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+        if n < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"TOOLATTN_THREADS={value!r} is not a positive whole number; "
+                         "set e.g. TOOLATTN_THREADS=1, or unset it to use every core") from None
+    import torch
+
+    torch.set_num_threads(n)
+    return n
+
+
+def _analysis_name(run) -> str:
+    """``baseline`` for ``analyses.baseline.run`` (also when that module runs as ``__main__``)."""
+    from pathlib import Path
+
+    module = run.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        if spec is None:  # run as a script: python analyses/baseline.py
+            return Path(sys.argv[0]).stem
+        module = spec.name
+    return module.rsplit(".", 1)[-1]
+
+
+def preflight(profile: str, model: str, analysis: str) -> None:
+    """Everything that can be checked before a model is loaded: threads, the profile, the model
+    name, the prompt set and tool catalog, and that the artifact folder can be written."""
+    from . import paths
+    from .artifacts import ensure_writable, load_profile
+    from .datasets import check_inputs
+    from .models import get_spec
+
+    configure_threads()
+    load_profile(profile)
+    get_spec(model)
+    check_inputs()
+    ensure_writable(paths.artifact_dir(profile, model, analysis))
 
 
 def analysis_main(run, doc: str, default_model: str, models: list[str] | None = None) -> None:
@@ -37,4 +97,5 @@ def analysis_main(run, doc: str, default_model: str, models: list[str] | None = 
     ap.add_argument("--model", default=default_model, choices=models)
     args = ap.parse_args()
     with cli_errors():
+        preflight(args.profile, args.model, _analysis_name(run))
         run(args.profile, args.model)

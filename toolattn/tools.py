@@ -59,13 +59,20 @@ def _bad(path: Path, what: str) -> ValueError:
     return ValueError(f"{path}: {what}. Fix the JSON in this file (a list of tools under the key 'tools').")
 
 
-def load_catalog(path: Path | None = None) -> list[Tool]:
-    """All tools of the catalog file, in file order (default ``paths.TOOLS_FILE``)."""
+def load_catalog(path: Path | None = None, validate: bool = True) -> list[Tool]:
+    """All tools of the catalog file, in file order (default ``paths.TOOLS_FILE``).
+
+    With ``validate`` (the default) the catalog is checked as it loads: at least one tool, unique
+    snake_case names, non-empty descriptions, and every core tool present once and marked core. A
+    bad entry raises a ``ValueError`` naming the file, the entry and the fix.
+    """
     path = Path(path) if path is not None else paths.TOOLS_FILE
     if not path.is_file():
         raise _bad(path, "file not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise _bad(path, f"not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from e
     except json.JSONDecodeError as e:
         raise _bad(path, f"invalid JSON ({e})") from e
     if not isinstance(data, dict) or not isinstance(data.get("tools"), list):
@@ -79,7 +86,38 @@ def load_catalog(path: Path | None = None) -> list[Tool]:
             if not isinstance(t.get(key), kind):
                 raise _bad(path, f"tool #{i} ({t.get('name', '?')}): field '{key}' missing or not a {kind.__name__}")
         tools.append(Tool(**{k: t[k] for k in kinds}))
+    if validate:
+        problems = entry_problems(tools)
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise _bad(path, problems[0] + more)
     return tools
+
+
+def entry_problems(catalog: list[Tool]) -> list[str]:
+    """Problems that would silently change the numbers (empty list = fine): no tools, a duplicate
+    name (a later entry would replace a core tool), an empty description, a missing core tool."""
+    if not catalog:
+        return ["the 'tools' list is empty; it must hold at least the core tools " + ", ".join(CORE_NAMES)]
+    problems = []
+    first: dict[str, int] = {}
+    for i, t in enumerate(catalog):
+        where = f"tool #{i} ({t.name!r})"
+        if t.name in first:
+            problems.append(f"{where}: duplicate tool name (first defined as tool #{first[t.name]}); rename or remove one")
+        else:
+            first[t.name] = i
+        if not _NAME_RE.match(t.name):
+            problems.append(f"{where}: the name is not snake_case")
+        if not t.description.strip():
+            problems.append(f"{where}: empty description")
+        if t.core != (t.name in CORE_NAMES):
+            problems.append(f"{where}: 'core' must be {str(t.name in CORE_NAMES).lower()} "
+                            f"(the core tools are {', '.join(CORE_NAMES)})")
+    missing = [n for n in CORE_NAMES if n not in first]
+    if missing:
+        problems.append(f"core tool(s) {', '.join(missing)} missing; every core tool must be in the catalog")
+    return problems
 
 
 def _catalog(catalog: list[Tool] | None) -> list[Tool]:
