@@ -380,7 +380,7 @@ def summarise(run: Run, rows: list[dict], masses: dict, positions: np.ndarray, n
         "n_eligible": int(eligible.sum()), "n_excluded": int((~eligible).sum()),
         "tool_block_share_quantiles": {f"q{int(q * 100)}": float(np.quantile(block_sel, q))
                                        for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
-        "frac_heads_below": {str(t): float((block_sel < t).mean()) for t in thresholds},
+        "frac_heads_below": [{"threshold": t, "frac": float((block_sel < t).mean())} for t in thresholds],
         "top_heads": top,
         "n_confirmed": int((np.asarray(p_holm) < ALPHA).sum()),
         "confirmed_alpha": ALPHA,
