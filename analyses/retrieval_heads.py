@@ -426,8 +426,7 @@ def figures(run: Run, s: dict, x: np.ndarray, chosen, names, top_idx, eligible, 
     model = run.model
     corr = np.where(eligible, s["corr"], np.nan).reshape(L, H)
     lim = max(float(np.nanmax(np.abs(corr))) if eligible.any() else 0.0, 1e-6)
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="lightgrey")
     fig, ax = plt.subplots(figsize=(max(4.5, 0.28 * H + 2), max(4, 0.2 * L + 1.5)))
     im = ax.imshow(corr, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
     yy, xx = np.nonzero(sig.reshape(L, H))
