@@ -369,6 +369,13 @@ def summarise(run: Run, rows: list[dict], masses: dict, positions: np.ndarray, n
                                  "accuracy": b["accuracy"]["value"]} for b in by_position])
 
     correct = chosen == gold_idx
+    excluded = np.flatnonzero(~eligible)
+    best_excluded = None
+    if len(excluded):
+        j = excluded[np.argmax(s["corr"][excluded])]
+        best_excluded = {"layer": int(layer[j]), "head": int(head[j]), "corr": float(s["corr"][j]),
+                         "tool_block_share": float(block_sel[j]),
+                         "mass_on_chosen": float(on_chosen(mass[sel], chosen[sel])[:, j].mean())}
     thresholds = (0.005, 0.01, 0.02, 0.05, 0.1)
     metrics = {
         "n_requests": n, "n_selection": int(sel.sum()), "n_confirmation": int(conf.sum()), "n_tools": T,
@@ -381,6 +388,8 @@ def summarise(run: Run, rows: list[dict], masses: dict, positions: np.ndarray, n
         "tool_block_share_quantiles": {f"q{int(q * 100)}": float(np.quantile(block_sel, q))
                                        for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
         "frac_heads_below": [{"threshold": t, "frac": float((block_sel < t).mean())} for t in thresholds],
+        "best_excluded_head": best_excluded,  # selection half: what the threshold keeps out of the ranking
+        "top_heads_min_tool_block_share": float(block_sel[top_idx].min()) if len(top_idx) else None,
         "top_heads": top,
         "n_confirmed": int((np.asarray(p_holm) < ALPHA).sum()),
         "confirmed_alpha": ALPHA,
@@ -399,6 +408,9 @@ def summarise(run: Run, rows: list[dict], masses: dict, positions: np.ndarray, n
         "max_entropy_bits": math.log2(T),
         "mean_tool_block_share": float(block.mean()),
         "choice_rate_by_position": [b["choice_rate"] for b in by_position],
+        # the position-only correlation of a head on the chosen tool only, at this sample's positions:
+        # what identity alone leaks into the positional means
+        "position_only_identity_reference": float(pearson(position_only(yc[..., None], positions[conf]), yc)[0]),
         "gold_rate_by_position": [b["gold_rate"] for b in by_position],
         "lexical_strata": {k: {"n": int(m.sum()), "accuracy": accuracy(correct[conf][m])} for k, m in strata.items()},
         "top_kv_groups": groups[:5],
