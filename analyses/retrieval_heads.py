@@ -362,7 +362,7 @@ def summarise(run: Run, rows: list[dict], masses: dict, positions: np.ndarray, n
     gold_pos = positions[np.arange(n), gold_idx]
     by_position = [{"position": k, "gold_rate": proportion(gold_pos == k), "choice_rate": proportion(chosen_pos == k),
                     "accuracy": accuracy((chosen == gold_idx)[gold_pos == k])} for k in range(T)]
-    run.write_csv("positions", [{"position": b["position"], "n_gold": int((gold_pos == b["position"]).sum()),
+    run.write_csv("positions", [{"position": b["position"] + 1, "n_gold": int((gold_pos == b["position"]).sum()),
                                  "n_chosen": int((chosen_pos == b["position"]).sum()),
                                  "choice_rate": b["choice_rate"]["value"], "choice_rate_lo": b["choice_rate"]["lo"],
                                  "choice_rate_hi": b["choice_rate"]["hi"], "gold_rate": b["gold_rate"]["value"],
@@ -507,13 +507,14 @@ def figures(run: Run, s: dict, x: np.ndarray, chosen, names, top_idx, eligible, 
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-    k = np.arange(len(by_position))
-    rate = np.array([b["choice_rate"]["value"] for b in by_position])
-    err = np.array([[b["choice_rate"]["value"] - b["choice_rate"]["lo"], b["choice_rate"]["hi"] - b["choice_rate"]["value"]]
-                    for b in by_position]).T
+    k = np.arange(1, len(by_position) + 1)
+    rates = [b["choice_rate"] for b in by_position]
+    rate = np.array([r["value"] for r in rates])
+    err = np.array([[r["value"] - r["lo"], r["hi"] - r["value"]] for r in rates]).T
     axes[0].errorbar(k, rate, yerr=err, fmt="o", c="tab:blue", label="chosen tool at this position (Wilson 95%)")
     axes[0].plot(k, [b["gold_rate"]["value"] for b in by_position], "x", c="black", label="gold tool at this position")
-    axes[0].set_xlabel("list position")
+    axes[0].set_xlabel("list position (1 = first)")
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("share of requests")
     axes[0].legend(fontsize=7)
     if top:
