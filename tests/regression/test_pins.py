@@ -25,9 +25,11 @@ PINS = {
         "forced_choice_accuracy", "generation_accuracy", "forced_generation_agreement",
         "tool_no_tool_accuracy", "generation_tool_no_tool_accuracy", "p_tool_auc"]),
     "retrieval_heads": (["qwen2.5-coder-1.5b"], [
-        "accuracy", "top_heads.0.layer", "top_heads.0.head", "top_heads.0.corr", "top_heads.0.top1_rate",
-        "top_heads.9.corr", "max_corr", "n_significant", "best_top1_rate", "mean_entropy_bits",
-        "mean_tool_block_share", "top_heads_positive_corr_share"]),
+        "accuracy", "n_eligible", "top_heads.0.layer", "top_heads.0.head", "top_heads.0.selection.corr",
+        "top_heads.0.corr", "top_heads.0.top1_rate", "top_heads.0.p_holm", "top_heads.0.position_only_corr",
+        "top_heads.0.mass_on_chosen", "top_heads.0.lexical.no_overlap.corr", "top_heads.9.corr", "n_confirmed",
+        "max_corr", "n_significant", "best_top1_rate", "mean_entropy_bits", "mean_tool_block_share",
+        "top_heads_positive_corr_share", "lexical_strata.overlap.n", "tool_span_tokens_mean"]),
     "finetune": (["gemma-3-270m-tools"], [
         "forced_choice_accuracy", "tool_no_tool_accuracy", "generation_call_validity", "p_tool_auc",
         "base_forced_choice_accuracy", "base_tool_no_tool_accuracy", "final_loss", "weight_divergence_argmax_layer"]),
