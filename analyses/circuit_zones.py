@@ -45,7 +45,6 @@ here, though a different model (or a differently tuned child) need not place any
 
 from __future__ import annotations
 
-import os
 import time
 
 import matplotlib

@@ -1,11 +1,9 @@
 """Attention capture equals eager attention; knockout equals masking keys out (tiny models)."""
 
-import sys
 
 import pytest
 import torch
 
-from toolattn import paths
 
 from toolattn.attention import (capture_attention, combine, decision_rows, description_keys, knockout_kwargs,
                                 use_toolattn)
@@ -161,29 +159,3 @@ def test_capture_under_knockout_sees_no_description(tiny, tools):
     layer = int(one.any(1).nonzero()[0])
     assert float(w[layer, 2][keys].sum()) < 1e-6
     assert float(w[layer, 1][keys].sum()) > 1e-3
-
-
-def test_retrieval_heads_analysis_end_to_end(tmp_path, monkeypatch):
-    """The Phase 1 analysis on tiny Qwen2 with a tiny profile: artifacts are complete and a re-run resumes."""
-    import json
-
-    if str(paths.ROOT) not in sys.path:
-        sys.path.insert(0, str(paths.ROOT))
-    from analyses import retrieval_heads
-
-    monkeypatch.setenv("TOOLATTN_ARTIFACTS", str(tmp_path))
-    prof = {"seed": 0, "batch_size": 8, "retrieval_heads": {"split": "heldout", "n_per_tool": 1, "n_permutations": 200}}
-    retrieval_heads.run("smoke", "tiny-qwen2", prof)
-    out = tmp_path / "smoke" / "tiny-qwen2" / "retrieval_heads"
-    assert (out / "manifest.json").exists()
-    result = json.loads((out / "result.json").read_text())
-    m = result["metrics"]
-    assert m["n_heads"] == 16 and m["n_requests"] == 10 and len(m["top_heads"]) == 10
-    assert set(result["figures"]) == {"corr_heatmap", "top_heads_attention", "layer_distribution"}
-    heads = (out / "heads.csv").read_text().splitlines()
-    assert heads[0].startswith("rank,layer,head,kv_head,corr,p,p_bh,top1_rate,entropy,tool_block_share,name_corr")
-    assert len(heads) == 17
-    assert m["capture_bytes_per_request"] > 0 and 0 <= m["frac_significant"] <= 1
-    assert list((out / "chunks").glob("chunk-0000.*.json"))
-    retrieval_heads.run("smoke", "tiny-qwen2", prof)  # resumes from the saved chunk
-    assert (out / "heads.csv").read_text().splitlines() == heads
