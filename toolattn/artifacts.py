@@ -109,6 +109,14 @@ def versions() -> dict:
     return out
 
 
+def device_info() -> dict:
+    """What the run's model ran on: ``device`` (e.g. ``cuda:0``), ``device_name``, ``dtype``, and the
+    ``torch`` and ``cuda`` versions (``toolattn.device.ran``)."""
+    from .device import ran
+
+    return ran()
+
+
 class Run:
     """One analysis run writing one artifact folder.
 
@@ -143,7 +151,7 @@ class Run:
             write_json(self.dir / "manifest.json", {
                 "analysis": self.analysis, "model": self.model, "profile": self.profile,
                 "git_sha": sha, "git_dirty": dirty, "config": self.config, "inputs": self.inputs,
-                "versions": versions(), "device": "cpu", "dtype": "float32", "seed": self.seed,
+                "versions": versions(), **device_info(), "seed": self.seed,
                 "wall_time_s": round(time.time() - self.t0, 2),
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             })

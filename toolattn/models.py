@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from . import device as devices
 from . import paths
 
 QWEN25_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
@@ -95,41 +96,54 @@ def get_spec(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
-def load_model(name: str, local_path: str | Path | None = None, dtype=torch.float32,
-               profile: str = "fast") -> LoadedModel:
-    """Load a registry model in eval mode.
+def local_env(name: str) -> str:
+    """The environment variable that points a registry name at a local folder."""
+    return "TOOLATTN_LOCAL_" + name.upper().replace("-", "_").replace(".", "_")
+
+
+def load_model(name: str, local_path: str | Path | None = None, dtype=None,
+               profile: str = "fast", device=None) -> LoadedModel:
+    """Load a registry model in eval mode, on the run's device and dtype (``toolattn.device``).
 
     ``local_path`` overrides where a hub (or tuned) model comes from; ``profile`` picks which
-    training run of a tuned child to load (``artifacts/<profile>/<name>/finetune/checkpoint``).
+    training run of a tuned child to load (``artifacts/<profile>/<name>/finetune/checkpoint``);
+    ``device`` / ``dtype`` override the run's setting (``"map"``: spread over every GPU).
     """
     spec = get_spec(name)
-    env_path = os.environ.get("TOOLATTN_LOCAL_" + name.upper().replace("-", "_").replace(".", "_"))
-    local_path = local_path or env_path
+    local_path = local_path or os.environ.get(local_env(name))
+    device, dtype = devices.resolve(device, dtype)
     if spec.kind == "tiny":
         from .tiny import build_tiny
 
         model, tok = build_tiny(spec.family)
+        model = model.to(dtype=dtype, device="cuda" if device == "map" else device)
         files = {}
     elif spec.kind == "embedded":
         folder = ensure_converted(spec)
-        model, tok = _from_folder(folder, dtype)
+        model, tok = _from_folder(folder, dtype, device)
         files = {spec.source: spec.sha256}
     elif spec.kind == "tuned":
         folder = Path(local_path) if local_path else tuned_checkpoint(spec.name, profile)
         if not (folder / "config.json").exists():
             raise ModelError(f"{spec.name} has not been trained yet for the {profile} profile ({folder} is missing);"
                              f" run `{spec.make_target} PROFILE={profile}`")
-        model, tok = _from_folder(folder, dtype)
+        model, tok = _from_folder(folder, dtype, device)
         files = {f"{spec.name}/model.safetensors": _read_source(folder).get("sha256", "")}
     else:  # hub
         if local_path:
-            model, tok = _from_folder(Path(local_path), dtype)
+            model, tok = _from_folder(Path(local_path), dtype, device)
             files = {str(local_path): "local"}
         else:
-            model, tok = _from_hub(spec, dtype)
+            model, tok = _from_hub(spec, dtype, device)
             files = {spec.source: "hub"}
     model.eval()
+    devices.note_loaded(model)
     return LoadedModel(spec, model, tok, files)
+
+
+def _placement(device: str) -> dict:
+    """``from_pretrained`` arguments that put the weights on ``device`` as they load."""
+    return {"device_map": "auto"} if device == "map" else {"device_map": device}
 
 
 def tuned_checkpoint(name: str, profile: str) -> Path:
@@ -137,36 +151,40 @@ def tuned_checkpoint(name: str, profile: str) -> Path:
     return paths.artifact_dir(profile, name, "finetune") / "checkpoint"
 
 
-def _from_folder(folder: Path, dtype):
+def _from_folder(folder: Path, dtype=torch.float32, device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa",
+                                                     **_placement(device))
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load model folder {folder}: {e}; delete it and rerun to rebuild it") from e
     return model, tok
 
 
-def _from_hub(spec: ModelSpec, dtype):
+def _from_hub(spec: ModelSpec, dtype=torch.float32, device: str = "cpu"):
+    """``(model, tokenizer)`` of a hub model: from the local Hugging Face cache when a copy is there
+    (no network), else downloaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def unavailable(why: str) -> ModelError:
         return ModelError(
             f"cannot load {spec.name} ({spec.source}): {why}; pass local_path= or set "
-            f"TOOLATTN_LOCAL_{spec.name.upper().replace('-', '_')} to a downloaded folder, "
-            f"or use an embedded model: {', '.join(EMBEDDED)}")
+            f"{local_env(spec.name)} to a downloaded folder, or use an embedded model: {', '.join(EMBEDDED)}")
 
+    load = dict(dtype=dtype, attn_implementation="sdpa", **_placement(device))
     try:  # a copy already in the local Hugging Face cache needs no network
-        return (AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, local_files_only=True),
-                AutoTokenizer.from_pretrained(spec.source, local_files_only=True))[::-1]
+        tok = AutoTokenizer.from_pretrained(spec.source, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(spec.source, local_files_only=True, **load)
+        return model, tok
     except OSError:
         pass
     if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
         raise unavailable("the model hub is unreachable and no local copy was found")
     try:
         tok = AutoTokenizer.from_pretrained(spec.source)
-        model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(spec.source, **load)
     except OSError as e:
         raise unavailable(f"download failed ({e})") from None
     return model, tok

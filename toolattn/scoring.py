@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .device import model_device
+from .layout import Layout
 from .models import LoadedModel
 from .parsing import reply_decided
 from .prompts import Formatted, PromptFormatter
@@ -48,28 +50,14 @@ def decoder_parts(model):
     return model.model, model.lm_head, getattr(cfg, "final_logit_softcapping", None)
 
 
-def layer_types(model) -> list[str]:
+def layer_types(model) -> list[str]:  # noqa: D103
     cfg = getattr(model.config, "text_config", model.config)
     return list(getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers)
 
 
 def build_masks(model, q_pos, k_pos, k_valid, q_group=None, k_group=None) -> dict:
-    """Boolean attention masks ``[batch, 1, queries, keys]`` per layer type.
-
-    A query may see a key that is valid, not in its future, inside the sliding window for
-    sliding layers, and in the shared context (group 0) or its own group (packed candidates).
-    """
-    cfg = getattr(model.config, "text_config", model.config)
-    allowed = k_valid[:, None, :] & (k_pos[:, None, :] <= q_pos[:, :, None])
-    if q_group is not None:
-        allowed &= (k_group[:, None, :] == 0) | (k_group[:, None, :] == q_group[:, :, None])
-    masks = {}
-    for kind in set(layer_types(model)):
-        m = allowed
-        if kind == "sliding_attention":
-            m = m & ((q_pos[:, :, None] - k_pos[:, None, :]) < cfg.sliding_window)
-        masks[kind] = m[:, None]
-    return masks
+    """Boolean attention masks ``[batch, 1, queries, keys]`` per layer type (see ``Layout.masks``)."""
+    return Layout(q_pos, k_pos, k_valid, q_group, k_group).masks(model)
 
 
 class PrefixCache:
@@ -80,13 +68,12 @@ class PrefixCache:
 
         self.ids = ids
         decoder, _, _ = decoder_parts(model)
-        n = len(ids)
+        device = model_device(model)
         cache = DynamicCache()
-        pos = torch.arange(n)[None]
-        masks = build_masks(model, pos, pos, torch.ones(1, n, dtype=torch.bool))
+        lay = Layout.span(0, length=len(ids), device=device)
         with torch.inference_mode():
-            decoder(input_ids=torch.tensor([ids]), attention_mask=masks, position_ids=pos,
-                    past_key_values=cache, use_cache=True)
+            decoder(input_ids=torch.tensor([ids], device=device), attention_mask=lay.masks(model),
+                    position_ids=lay.q_pos, past_key_values=cache, use_cache=True)
         self.kv = [(layer.keys, layer.values) for layer in cache.layers]  # each [1, kv_heads, n, head_dim]
 
     def expand(self, batch: int):
@@ -110,6 +97,7 @@ class ToolChoiceEngine:
         (``"tool_block"``), so that interventions on every query after the tool block see all of them."""
         self.lm = lm
         self.model = lm.model
+        self.device = model_device(lm.model)  # every tensor of a call is created here
         self.formatter = PromptFormatter.for_model(lm)
         self.batch_size = batch_size
         self.progress = progress
@@ -163,44 +151,38 @@ class ToolChoiceEngine:
         S = max(len(s) for s in suffixes)
         packed = [(c, k) for c, ids in enumerate(cands) for k in range(len(ids) - 1)]
         T = len(packed)
-        inp = torch.zeros(B, S + T, dtype=torch.long)
-        q_pos = torch.zeros(B, S + T, dtype=torch.long)
-        q_valid = torch.zeros(B, S + T, dtype=torch.bool)
-        q_group = torch.zeros(B, S + T, dtype=torch.long)
-        for b, s in enumerate(suffixes):
-            n = len(s)
-            inp[b, :n] = torch.tensor(s)
-            q_pos[b, :S] = P + torch.arange(S)
-            q_valid[b, :n] = True
-            for j, (c, k) in enumerate(packed):
-                inp[b, S + j] = cands[c][k]
-                q_pos[b, S + j] = P + n + k  # candidate token k sits right after the call prefix
-                q_group[b, S + j] = c + 1
-            q_valid[b, S:] = True
-        k_pos = torch.cat([torch.arange(P).expand(B, P), q_pos], 1)
-        k_valid = torch.cat([torch.ones(B, P, dtype=torch.bool), q_valid], 1)
-        k_group = torch.cat([torch.zeros(B, P, dtype=torch.long), q_group], 1)
-        masks = build_masks(self.model, q_pos, k_pos, k_valid, q_group, k_group)
+        # Built as lists, moved to the model's device once.
+        names = [cands[c][k] for c, k in packed]
+        groups = [c + 1 for c, _ in packed]
+        inp = [s + [0] * (S - len(s)) + names for s in suffixes]
+        q_pos = [[P + i for i in range(S)] + [P + len(s) + k for _, k in packed] for s in suffixes]  # candidate
+        q_valid = [[True] * len(s) + [False] * (S - len(s)) + [True] * T for s in suffixes]  # token k sits right
+        q_group = [[0] * S + groups] * B  # after the call prefix
+        device = self.device
+        lay = Layout.after(P, torch.tensor(q_pos, device=device), torch.tensor(q_valid, device=device),
+                           torch.tensor(q_group, device=device))
 
         decoder, head, softcap = decoder_parts(self.model)
         with torch.inference_mode():
-            h = decoder(input_ids=inp, attention_mask=masks, position_ids=q_pos,
-                        past_key_values=prefix.expand(B), use_cache=True, **(extra or {})).last_hidden_state
-            reply = torch.tensor([f.reply_position - P for f in batch])
-            decision = torch.tensor([f.decision_position - P for f in batch])
-            rows = torch.arange(B)
+            h = decoder(input_ids=torch.tensor(inp, device=device), attention_mask=lay.masks(self.model),
+                        position_ids=lay.q_pos, past_key_values=prefix.expand(B), use_cache=True,
+                        **(extra or {})).last_hidden_state
+            reply = torch.tensor([f.reply_position - P for f in batch], device=device)
+            decision = torch.tensor([f.decision_position - P for f in batch], device=device)
+            rows = torch.arange(B, device=device)
             read = torch.cat([h[rows, reply][:, None], h[rows, decision][:, None], h[:, S:]], 1)  # [B, 2+T, H]
-            logits = head(read).float()
+            logits = head(read).float()  # float32 from here on, whatever the weights' dtype
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
             logp = torch.log_softmax(logits, -1)
-        probs = logp[:, 0].exp()
-        p_tool = probs[:, open_ids].sum(-1)
-        probs[:, open_ids] = 0
-        p_other = probs.max(-1).values
-        scores = logp[:, 1, [c[0] for c in cands]].clone()  # first name token, [B, C]
-        for j, (c, k) in enumerate(packed):
-            scores[:, c] += logp[:, 2 + j, cands[c][k + 1]]
+            probs = logp[:, 0].exp()
+            p_tool = probs[:, open_ids].sum(-1)
+            probs[:, open_ids] = 0
+            p_other = probs.max(-1).values
+            scores = logp[:, 1, [c[0] for c in cands]].clone()  # first name token, [B, C]
+            for j, (c, k) in enumerate(packed):
+                scores[:, c] += logp[:, 2 + j, cands[c][k + 1]]
+        scores, p_tool, p_other = scores.cpu(), p_tool.cpu(), p_other.cpu()
         return [Choice(f.text, {t.name: float(scores[b, i]) for i, t in enumerate(tools)}, float(p_tool[b]),
                        float(p_other[b])) for b, f in enumerate(batch)]
 
@@ -227,37 +209,31 @@ class ToolChoiceEngine:
         P, B = len(prefix), len(batch)
         suffixes = [f.input_ids[P : f.prompt_len] for f in batch]
         S = max(len(s) for s in suffixes)
-        inp = torch.zeros(B, S, dtype=torch.long)
-        q_valid = torch.zeros(B, S, dtype=torch.bool)
-        for b, s in enumerate(suffixes):
-            inp[b, : len(s)] = torch.tensor(s)
-            q_valid[b, : len(s)] = True
-        q_pos = (P + torch.arange(S)).expand(B, S).clone()
-        k_pos = torch.cat([torch.arange(P).expand(B, P), q_pos], 1)
-        k_valid = torch.cat([torch.ones(B, P, dtype=torch.bool), q_valid], 1)
-        lengths = torch.tensor([len(s) for s in suffixes])
+        device = self.device
+        inp = torch.tensor([s + [0] * (S - len(s)) for s in suffixes], device=device)
+        lay = Layout.span(P, torch.tensor([[True] * len(s) + [False] * (S - len(s)) for s in suffixes],
+                                          device=device))
+        lengths = torch.tensor([len(s) for s in suffixes], device=device)
         decoder, head, _ = decoder_parts(self.model)
         cache = prefix.expand(B)
         out = [[] for _ in range(B)]
-        done = torch.zeros(B, dtype=torch.bool)
+        done = [False] * B
         with torch.inference_mode():
-            h = decoder(input_ids=inp, attention_mask=build_masks(self.model, q_pos, k_pos, k_valid),
-                        position_ids=q_pos, past_key_values=cache, use_cache=True).last_hidden_state
-            last = h[torch.arange(B), lengths - 1]
+            h = decoder(input_ids=inp, attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
+                        past_key_values=cache, use_cache=True).last_hidden_state
+            last = h[torch.arange(B, device=device), lengths - 1]
             for step in range(max_new):
-                nxt = head(last).argmax(-1)
-                for b in range(B):
+                nxt = head(last).float().argmax(-1)
+                for b, t in enumerate(nxt.tolist()):
                     if not done[b]:
-                        out[b].append(int(nxt[b]))
-                        done[b] = int(nxt[b]) in stop or (self.stop_when_decided and reply_decided(
+                        out[b].append(t)
+                        done[b] = t in stop or (self.stop_when_decided and reply_decided(
                             self.lm.tokenizer.decode(out[b], skip_special_tokens=False)))
-                if bool(done.all()) or step == max_new - 1:
+                if all(done) or step == max_new - 1:
                     break
-                pos = (P + lengths + step)[:, None]
-                k_pos = torch.cat([k_pos, pos], 1)
-                k_valid = torch.cat([k_valid, torch.ones(B, 1, dtype=torch.bool)], 1)
-                h = decoder(input_ids=nxt[:, None], attention_mask=build_masks(self.model, pos, k_pos, k_valid),
-                            position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+                lay = lay.extend((P + lengths + step)[:, None])
+                h = decoder(input_ids=nxt[:, None], attention_mask=lay.masks(self.model),
+                            position_ids=lay.q_pos, past_key_values=cache, use_cache=True).last_hidden_state
                 last = h[:, 0]
         return out
 
@@ -271,10 +247,10 @@ def naive_choice(lm: LoadedModel, request: str, tools: list[Tool]) -> Choice:
         p_tool = None
         for t in tools:
             ids = f.input_ids + fm.candidate_ids(f, t.name)
-            logits = lm.model(input_ids=torch.tensor([ids])).logits[0].float()
+            logits = lm.model(input_ids=torch.tensor([ids], device=model_device(lm.model))).logits[0].float()
             logp = torch.log_softmax(logits, -1)
             n = len(f.input_ids)
-            logprobs[t.name] = float(sum(logp[i - 1, ids[i]] for i in range(n, len(ids))))
+            logprobs[t.name] = float(sum(float(logp[i - 1, ids[i]]) for i in range(n, len(ids))))
             if p_tool is None:
                 p_tool = float(logp[f.reply_position, fm.call_open_ids()].exp().sum())
     return Choice(f.text, logprobs, p_tool)
