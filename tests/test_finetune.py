@@ -58,6 +58,7 @@ def test_loss_on_reply_tokens_only(setup):
         assert labels[b, n_prompt : len(x)].tolist() == x[n_prompt:]
         assert tok.decode(x[n_prompt:]) == examples[b].reply + ft.END_TURN
     # Same value as the cross-entropy of the full logits at the reply positions only.
+    ids, attn, labels = (t.to(lm.model.device) for t in (ids, attn, labels))
     with torch.no_grad():
         loss = ft.reply_loss(lm.model, ids, attn, labels)
         logits = lm.model(input_ids=ids, attention_mask=attn).logits[:, :-1]
