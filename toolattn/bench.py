@@ -113,5 +113,45 @@ def main(argv=None) -> None:
         print(f"{k:<{w}}  {v}")
 
 
+def precision_agreement(model: str = "qwen2.5-coder-1.5b", dtype: str = "bfloat16", device: str = "cpu",
+                        profile: str = "fast", repeats: int = 2) -> dict:
+    """Do the baseline's decisions survive a lower precision? The baseline's request subset of
+    ``profile`` (forced choice over the core tools, and the tool / no-tool decision; no generation),
+    scored in float32 and in ``dtype`` on ``device``: agreement of both decisions, and the time of each
+    (the best of ``repeats`` scoring passes, alternating, after a warm-up)."""
+    from .artifacts import load_profile
+
+    prof = load_profile(profile)
+    cfg = prof["baseline"]
+    reqs = select(load_prompts(), split=None if cfg["split"] == "all" else cfg["split"], n_per_tool=cfg["n_per_tool"],
+                  n_no_tool=cfg["n_no_tool"], seed=prof["seed"])
+    texts, tools = [r.text for r in reqs], core_tools()
+    runs = {}
+    for name in ("float32", dtype):
+        lm = load_model(model, device=device, dtype=name)
+        engine = ToolChoiceEngine(lm, batch_size=prof["batch_size"], progress=False)
+        engine.score(texts[:2], tools)  # warm-up; the prefix is cached from here on
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            choices = engine.score(texts, tools)
+            best = min(best, time.perf_counter() - t0)
+        runs[name] = (choices, best)
+        del lm, engine
+    (ref, t_ref), (low, t_low) = runs["float32"], runs[dtype]
+    needs = [bool(r.tool) for r in reqs]
+    forced = [a.choice == b.choice for a, b, n in zip(ref, low, needs) if n]
+    decided = [a.decides_tool == b.decides_tool for a, b in zip(ref, low)]
+    both = forced + decided
+    return {"model": model, "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
+            "requests": len(reqs), "tool_requests": sum(needs),
+            "forced_choice_agreement": sum(forced) / len(forced), "decision_agreement": sum(decided) / len(decided),
+            "all_decisions_agreement": sum(both) / len(both),
+            "max_abs_p_tool_diff": max(abs(a.p_tool - b.p_tool) for a, b in zip(ref, low)),
+            "forced_accuracy": {"float32": sum(a.choice == r.tool for a, r in zip(ref, reqs) if r.tool) / sum(needs),
+                                dtype: sum(b.choice == r.tool for b, r in zip(low, reqs) if r.tool) / sum(needs)},
+            "seconds": {"float32": round(t_ref, 2), dtype: round(t_low, 2)}, "speedup": round(t_ref / t_low, 2)}
+
+
 if __name__ == "__main__":
     main()
