@@ -14,7 +14,7 @@ from toolattn import paths
 from toolattn.models import load_model
 from toolattn.tools import core_tools
 
-TINY = ["tiny-qwen2", "tiny-qwen3", "tiny-gemma3"]
+TINY = ["tiny-qwen2", "tiny-qwen3", "tiny-gemma3", "tiny-functiongemma"]
 
 
 @pytest.fixture(scope="session")

@@ -211,7 +211,7 @@ class Intervener:
         self.device = model_device(lm.model)
         self.decoder, self.head, self.softcap = decoder_parts(lm.model)
         self.net = nnsight.NNsight(self.decoder)
-        self.formatter = PromptFormatter(lm.tokenizer, lm.spec.prompt_format, lm.spec.family)
+        self.formatter = PromptFormatter.for_model(lm)
         self.open_ids = self.formatter.call_open_ids()
         self.layers = len(self.decoder.layers)
         self._tool_prefix = None

@@ -47,6 +47,7 @@ class ModelSpec:
     parent: str = ""  # the model a tuned child was trained from
     make_target: str = ""  # what builds it (tuned)
     call_prefix: str = ""  # the model's own call prefix, when it differs from its template family's
+    call_format: str = ""  # the model's own call format (prompts.CALL_FORMATS), e.g. "functiongemma"
     about: str = ""
 
 
@@ -67,11 +68,14 @@ REGISTRY: dict[str, ModelSpec] = {
                   about="FunctionGemma-style child fine-tuned here from gemma-3-270m"),
         ModelSpec("qwen3-4b", "hub", "qwen3", "chat", "Qwen/Qwen3-4B"),
         ModelSpec("qwen3-8b", "hub", "qwen3", "chat", "Qwen/Qwen3-8B"),
-        ModelSpec("functiongemma-270m", "hub", "gemma3", "chat", "google/functiongemma-270m-it"),
+        ModelSpec("functiongemma-270m", "hub", "gemma3", "chat", "google/functiongemma-270m-it",
+                  call_format="functiongemma",
+                  about="FunctionGemma 270M: declarations in a developer turn, <start_function_call>call:NAME{...}"),
         ModelSpec("gemma-3-270m-hub", "hub", "gemma3", "text", "google/gemma-3-270m"),
         ModelSpec("tiny-qwen2", "tiny", "qwen2", "chat"),
         ModelSpec("tiny-qwen3", "tiny", "qwen3", "chat"),
         ModelSpec("tiny-gemma3", "tiny", "gemma3", "text"),
+        ModelSpec("tiny-functiongemma", "tiny", "gemma3", "chat", call_format="functiongemma"),
     ]
 }
 
@@ -115,7 +119,7 @@ def load_model(name: str, local_path: str | Path | None = None, dtype=None,
     if spec.kind == "tiny":
         from .tiny import build_tiny
 
-        model, tok = build_tiny(spec.family)
+        model, tok = build_tiny(spec.family, style=spec.call_format or None)
         model = model.to(dtype=dtype, device="cuda" if device == "map" else device)
         files = {}
     elif spec.kind == "embedded":

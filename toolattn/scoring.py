@@ -25,6 +25,10 @@ from .prompts import Formatted, PromptFormatter
 from .tools import Tool
 
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+STOP_TOKENS = ("</tool_call>", "<|im_end|>", "<end_of_turn>", "<end_function_call>", "<start_function_response>")
+
+
 @dataclass
 class Choice:
     """The engine's reading of one request."""
@@ -108,26 +112,31 @@ class ToolChoiceEngine:
         self.stop_when_decided = True  # end a reply once its parsed call cannot change
 
     def prefix(self, tools: list[Tool], sample: Formatted) -> PrefixCache:
-        key = tuple(t.name for t in tools)
+        n = sample.prefix_len if self.prefix_end == "shared" else sample.tool_block_end
+        key = tuple(sample.input_ids[:n])
         if self._prefix_key != key:
-            n = sample.prefix_len if self.prefix_end == "shared" else sample.tool_block_end
             self._prefix = PrefixCache(self.model, sample.input_ids[:n])
             self._prefix_key = key
         return self._prefix
 
-    def format(self, requests: list[str], tools: list[Tool]) -> list[Formatted]:
-        return [self.formatter.format(r, tools) for r in requests]
+    def format(self, requests: list[str], tools: list[Tool], after: list[str] | None = None,
+               thinking: bool | None = None) -> list[Formatted]:
+        """Formatted prompts; ``after``: per request, reasoning that continues the prompt (thinking on)."""
+        after = after or [""] * len(requests)
+        return [self.formatter.format(r, tools, a, thinking) for r, a in zip(requests, after)]
 
     # -- forced choice and P(tool) -------------------------------------------------------------
 
-    def score(self, requests: list[str], tools: list[Tool], desc: str = "scoring", forward_kwargs=None) -> list[Choice]:
+    def score(self, requests: list[str], tools: list[Tool], desc: str = "scoring", forward_kwargs=None,
+              after: list[str] | None = None) -> list[Choice]:
         """Forced choice and P(tool) for each request.
 
         ``forward_kwargs(batch: list[Formatted], prefix_len: int) -> dict`` may add keyword arguments to
         each batch's decoder call; transformers hands them to the attention function of every layer
-        (this is how attention capture and knockout see the query rows of a batch).
+        (this is how attention capture and knockout see the query rows of a batch). ``after``: per request,
+        the reasoning of a thinking reply (``think``); the decision is then read after ``</think>``.
         """
-        formatted = self.format(requests, tools)
+        formatted = self.format(requests, tools, after)
         prefix = self.prefix(tools, formatted[0])
         cands = [self.formatter.candidate_ids(formatted[0], t.name) for t in tools]
         open_ids = self.formatter.call_open_ids()
@@ -189,21 +198,58 @@ class ToolChoiceEngine:
     # -- free generation -----------------------------------------------------------------------
 
     def generate(self, requests: list[str], tools: list[Tool], max_new_tokens: int = 32,
-                 desc: str = "generating", return_ids: bool = False) -> list[str] | list[list[int]]:
-        """Greedy continuations of the prompts (without the call prefix), decoded to text (or token ids)."""
-        formatted = self.format(requests, tools)
+                 desc: str = "generating", return_ids: bool = False, after: list[str] | None = None,
+                 thinking: bool | None = None, stop_ids: set[int] | None = None) -> list[str] | list[list[int]]:
+        """Greedy continuations of the prompts (without the call prefix), decoded to text (or token ids).
+
+        ``thinking=True``: the prompt leaves thinking on; ``stop_ids``: end at these tokens instead of the
+        usual ones (and do not end a reply early once its call is decided)."""
+        formatted = self.format(requests, tools, after, thinking)
         prefix = self.prefix(tools, formatted[0])
-        stop = {i for i in [self.lm.tokenizer.eos_token_id] if i is not None}
-        stop |= {self.lm.tokenizer.convert_tokens_to_ids(t) for t in ["</tool_call>", "<|im_end|>", "<end_of_turn>"]
-                 if t in self.lm.tokenizer.get_vocab()}
+        stop = self.stop_ids() if stop_ids is None else stop_ids
+        decided, self.stop_when_decided = self.stop_when_decided, self.stop_when_decided and stop_ids is None
         texts: list = []
         bar = tqdm(total=len(formatted), desc=desc, unit="req", disable=not self.progress)
-        for b0 in range(0, len(formatted), self.batch_size):
-            batch = formatted[b0 : b0 + self.batch_size]
-            texts += self._generate_batch(batch, prefix, max_new_tokens, stop)
-            bar.update(len(batch))
+        try:
+            for b0 in range(0, len(formatted), self.batch_size):
+                batch = formatted[b0 : b0 + self.batch_size]
+                texts += self._generate_batch(batch, prefix, max_new_tokens, stop)
+                bar.update(len(batch))
+        finally:
+            self.stop_when_decided = decided
         bar.close()
         return texts if return_ids else [self.lm.tokenizer.decode(t, skip_special_tokens=False) for t in texts]
+
+    def think(self, requests: list[str], tools: list[Tool], max_new_tokens: int = 256,
+              desc: str = "thinking") -> list[dict]:
+        """Thinking on: the greedy reasoning of each request, up to ``</think>`` or ``max_new_tokens``.
+
+        Returns per request ``{"after": text that continues the prompt, closed by "</think>\n\n" (added when
+        the budget ran out), "tokens": reasoning tokens generated, "closed": whether the model closed it}``;
+        pass the ``after`` texts to ``score``/``generate`` to read the decision after ``</think>``.
+        """
+        tok = self.lm.tokenizer
+        close = THINK_CLOSE
+        stop = {tok.convert_tokens_to_ids(close)} if close in tok.get_vocab() else set()
+        stop |= {i for i in [tok.eos_token_id] if i is not None}
+        ids = self.generate(requests, tools, max_new_tokens, desc=desc, return_ids=True, thinking=True, stop_ids=stop)
+        out = []
+        for seq in ids:
+            text = tok.decode(seq, skip_special_tokens=False)
+            closed = close in text
+            body = text.split(close)[0].rstrip("\n") if closed else text.rstrip("\n")
+            if not body.lstrip().startswith(THINK_OPEN):
+                body = THINK_OPEN + "\n" + body.lstrip("\n")
+            out.append({"after": body + "\n" + close + "\n\n", "tokens": len(seq), "closed": closed})
+        return out
+
+    def stop_ids(self) -> set[int]:
+        """Tokens that end a reply: end of sequence or turn, the end of a call, and (FunctionGemma) the start
+        of a function response, which only the application writes."""
+        tok = self.lm.tokenizer
+        vocab = tok.get_vocab()
+        stop = {i for i in [tok.eos_token_id] if i is not None}
+        return stop | {vocab[t] for t in STOP_TOKENS if t in vocab}
 
     def _generate_batch(self, batch, prefix: PrefixCache, max_new: int, stop: set) -> list[str]:
         P, B = len(prefix), len(batch)
@@ -238,10 +284,10 @@ class ToolChoiceEngine:
         return out
 
 
-def naive_choice(lm: LoadedModel, request: str, tools: list[Tool]) -> Choice:
+def naive_choice(lm: LoadedModel, request: str, tools: list[Tool], after: str = "") -> Choice:
     """Reference: one full forward per candidate over the whole prompt (no cache, default masks)."""
     fm = PromptFormatter.for_model(lm)
-    f = fm.format(request, tools)
+    f = fm.format(request, tools, after)
     logprobs = {}
     with torch.inference_mode():
         p_tool = None
