@@ -10,6 +10,8 @@ Kinds of entry:
 * ``tuned`` -- a child fine-tuned here (trained by a make target); loaded from its folder.
 * ``tiny`` -- randomly initialised models of the same architectures, built in-process
   from a config, with an in-process tokenizer (tests).
+* ``random`` -- the full-size architecture of a hub model with random weights (``make bench`` on a
+  GPU, where no weights can be fetched).
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ REGISTRY: dict[str, ModelSpec] = {
                   call_format="functiongemma",
                   about="FunctionGemma 270M: declarations in a developer turn, <start_function_call>call:NAME{...}"),
         ModelSpec("gemma-3-270m-hub", "hub", "gemma3", "text", "google/gemma-3-270m"),
+        ModelSpec("qwen3-4b-random", "random", "qwen3", "chat", "qwen3-4b",
+                  about="Qwen3-4B's architecture with random weights (benchmarks; config in toolattn/tiny.py)"),
+        ModelSpec("functiongemma-270m-random", "random", "gemma3", "chat", "gemma-3-270m", call_format="functiongemma",
+                  about="Gemma 3 270M's architecture with random weights and FunctionGemma's format (benchmarks)"),
         ModelSpec("tiny-qwen2", "tiny", "qwen2", "chat"),
         ModelSpec("tiny-qwen3", "tiny", "qwen3", "chat"),
         ModelSpec("tiny-gemma3", "tiny", "gemma3", "text"),
@@ -121,6 +127,11 @@ def load_model(name: str, local_path: str | Path | None = None, dtype=None,
 
         model, tok = build_tiny(spec.family, style=spec.call_format or None)
         model = model.to(dtype=dtype, device="cuda" if device == "map" else device)
+        files = {}
+    elif spec.kind == "random":
+        from .tiny import build_random
+
+        model, tok = build_random(spec.source, device, dtype)
         files = {}
     elif spec.kind == "embedded":
         folder = ensure_converted(spec)

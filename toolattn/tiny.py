@@ -138,3 +138,43 @@ def build_tiny(family: str, seed: int = 0, style: str | None = None):
             if p.dim() == 2:
                 p.normal_(0, 0.2)
     return model.eval(), tok
+
+
+# --- random-weight models of the paper's architectures (benchmarks on a GPU, where no weights can go) ---
+
+def random_config(name: str):
+    """The published architecture of a hub model, as a config (no download)."""
+    from transformers import Gemma3TextConfig, Qwen3Config
+
+    if name == "qwen3-4b":
+        return Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                           num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                           rope_theta=1_000_000, rms_norm_eps=1e-6, tie_word_embeddings=True)
+    if name == "gemma-3-270m":
+        return Gemma3TextConfig(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+                                num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
+                                query_pre_attn_scalar=256, max_position_embeddings=32768,
+                                layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 3)
+    raise ValueError(f"no random config for {name!r}")
+
+
+def build_random(name: str, device="cpu", dtype=torch.bfloat16, seed: int = 0):
+    """A random-weight model of ``name``'s architecture and a tokenizer: the embedded Qwen's tokenizer
+    (the same vocabulary, so prompts have realistic lengths) with Qwen3's template for ``qwen3-4b`` when
+    it has been converted, else the tiny tokenizers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = random_config(name)
+    config._attn_implementation = "sdpa"
+    tok = None
+    if name == "qwen3-4b":
+        folder = paths.model_cache("qwen2.5-coder-1.5b")
+        if (folder / "tokenizer.json").exists():
+            tok = AutoTokenizer.from_pretrained(folder)
+            tok.chat_template = QWEN3_TEMPLATE.read_text(encoding="utf-8")
+    if tok is None:
+        tok = tiny_tokenizer(chat=True, style="qwen3" if name == "qwen3-4b" else "functiongemma")
+    torch.manual_seed(seed)
+    with torch.device("cuda" if device == "map" else device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval(), tok
