@@ -101,21 +101,34 @@ def test_layout_masks_padding_groups_and_windows():
 
 # --- reduced precision keeps the decisions --------------------------------------------------------
 
+MARGIN = 0.25  # log-probability gap above which a decision is clear (bf16 keeps ~3 significant digits)
+
+
 def _decisions(lm, tools):
-    cs = ToolChoiceEngine(lm, batch_size=4, progress=False).score(REQUESTS, tools)
-    return [c.choice for c in cs], [c.decides_tool for c in cs], [c.p_tool for c in cs]
+    return ToolChoiceEngine(lm, batch_size=4, progress=False).score(REQUESTS, tools)
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-qwen3", "tiny-gemma3"])
+@pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-qwen3", "tiny-gemma3", "tiny-functiongemma"])
 def test_bf16_decisions_agree_with_float32(name, tools):
+    """Every decision that float32 makes by a clear margin, bf16 makes too. Random tiny models have
+    near-ties (their candidates' log-probabilities differ in the second decimal) that any rounding
+    may flip; the real model's agreement is measured by ``toolattn.bench.precision_agreement``."""
+    import math
+
     dev = "cuda" if CUDA else "cpu"
     f32 = _decisions(load_model(name, device=dev, dtype="float32"), tools)
     bf16 = _decisions(load_model(name, device=dev, dtype="bfloat16"), tools)
-    forced = sum(a == b for a, b in zip(f32[0], bf16[0]))
-    decided = sum(a == b for a, b in zip(f32[1], bf16[1]))
-    # random tiny models have near-ties that a bf16 rounding may flip: most decisions must hold
-    assert forced >= len(REQUESTS) - 1 and decided >= len(REQUESTS) - 1, (name, forced, decided)
-    assert all(isinstance(p, float) for p in bf16[2])  # P(tool) comes back as a Python float (float32 math)
+    clear = 0
+    for a, b in zip(f32, bf16):
+        top = sorted(a.logprobs.values(), reverse=True)
+        if top[0] - top[1] > MARGIN:
+            clear += 1
+            assert a.choice == b.choice, (name, a.request)
+        if abs(math.log(a.p_tool) - math.log(a.p_other)) > MARGIN:
+            clear += 1
+            assert a.decides_tool == b.decides_tool, (name, a.request)
+        assert isinstance(b.p_tool, float) and abs(a.p_tool - b.p_tool) < 0.05
+    assert clear >= len(REQUESTS) // 2, (name, clear)  # the check is not vacuous
 
 
 def test_bf16_capture_is_float32_on_the_cpu(tools):
@@ -152,12 +165,13 @@ def test_cuda_engine_capture_knockout_interventions_equal_cpu(name, tools):
         patched = iv.patch_decision(fs, clean, 1, "resid", clean.resid[1].flip(0))
         for t in (clean.p_tool, clean.resid, clean.mlp_mean, abl.p_tool, patched.p_tool):
             assert t.device.type == "cpu" and t.dtype == torch.float32
-        out[dev] = ([c.logprobs for c in choices], torch.cat(cap.weights, 1), clean.p_tool, clean.resid,
-                    abl.p_tool, patched.p_tool)
+        out[dev] = ([c.logprobs for c in choices], cap.weights, clean.p_tool, clean.resid, abl.p_tool, patched.p_tool)
     cpu, gpu = out["cpu"], out["cuda"]
     for a, b in zip(cpu[0], gpu[0]):
         assert all(abs(a[k] - b[k]) < 1e-3 for k in a)
-    for a, b in zip(cpu[1:], gpu[1:]):
+    for a, b in zip(cpu[1], gpu[1]):  # captured attention, per batch [layers, batch, heads, keys]
+        assert a.device.type == b.device.type == "cpu" and torch.allclose(a, b, atol=1e-4)
+    for a, b in zip(cpu[2:], gpu[2:]):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4), (name, (a - b).abs().max())
 
 

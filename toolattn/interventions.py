@@ -387,7 +387,7 @@ class Intervener:
             earlier = torch.cat([torch.ones(B, P, dtype=torch.bool, device=self.device),
                                  batch.valid & (torch.arange(S, device=self.device)[None] < batch.reply[:, None])], 1)
             lay = Layout.after(earlier, (P + batch.reply)[:, None])
-            edit = Edit(layer, site, source[batch.index][:, None])
+            edit = Edit(layer, site, source.to(self.device)[batch.index.to(self.device)][:, None])
             with torch.inference_mode():
                 h, _ = traced_forward(self.net, [edit], input_ids=batch.ids[rows, batch.reply][:, None],
                                       attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
