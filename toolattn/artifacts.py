@@ -143,6 +143,10 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        from .parallel import is_main
+
+        if exc_type is None and not is_main():
+            return False  # a helper process of `accelerate launch` only writes its chunks
         if exc_type is None:
             if self._result is None:
                 raise RuntimeError(f"{self.analysis}: no result was written")
@@ -163,14 +167,30 @@ class Run:
         Chunks are keyed by the config, the inputs and the code, so a changed analysis never
         resumes from stale parts.
         """
-        key = hashlib.sha256(json.dumps([self.config, self.inputs, code_hash(self.analysis)],
-                                        sort_keys=True).encode()).hexdigest()[:12]
-        path = self.dir / "chunks" / f"{name}.{key}.json"
+        path = self.chunk_path(name)
         if path.exists():
             return json.loads(path.read_text())
         value = compute()
         write_json(path, value)
         return value
+
+    def chunk_path(self, name: str) -> Path:
+        key = hashlib.sha256(json.dumps([self.config, self.inputs, code_hash(self.analysis)],
+                                        sort_keys=True).encode()).hexdigest()[:12]
+        return self.dir / "chunks" / f"{name}.{key}.json"
+
+    def chunks(self, names: list[str], compute) -> list | None:
+        """Every chunk of ``names`` (``compute(name)`` makes one), split between the processes of
+        ``accelerate launch``: each computes its share; the main process waits for the rest and gets
+        them all, in order; a helper process gets None (and writes nothing more)."""
+        from .parallel import is_main, my_share, wait_for
+
+        for name in my_share(names):
+            self.chunk(name, lambda name=name: compute(name))
+        if not is_main():
+            return None
+        wait_for([self.chunk_path(n) for n in names])
+        return [self.chunk(n, lambda n=n: compute(n)) for n in names]
 
     def write_csv(self, name: str, rows: list[dict]) -> None:
         write_csv(self.dir / f"{name}.csv", rows)

@@ -55,6 +55,8 @@ def resolve(device: str | torch.device | None = None, dtype: str | torch.dtype |
     dev = str(device) if device is not None else _pick("device")
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # accelerate launch: one GPU a process
+        dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % max(torch.cuda.device_count(), 1)}"
     if dev not in ("cpu", "map") and not dev.startswith("cuda"):
         raise ValueError(f"unknown device {dev!r}; use auto, cpu, cuda, cuda:N or map")
     if dev != "cpu" and not torch.cuda.is_available():
