@@ -7,6 +7,13 @@ call; (c) the model's free greedy reply, parsed for the tool it calls. We report
 and generation accuracy on tool requests (per tool and overall, 95% bootstrap CIs), their
 agreement, tool / no-tool accuracy (the greedy first token opens a call -- P(tool) exceeds every
 other first token; P(tool) > 0.5; and whether the free reply makes a call) with the AUC of P(tool), and the plan's requirement of > 90% forced-choice accuracy.
+
+Thinking on (models with a thinking switch, Qwen3; profile key ``thinking_max_new_tokens``). The
+default condition above has thinking off (the template's empty ``<think></think>`` block). In the
+second condition the model first reasons: its greedy reasoning is generated up to ``</think>`` (or
+the token budget, where ``</think>`` is added), and the decision is read after it: the forced choice
+after the call prefix, P(tool) at the first token after ``</think>``. Reported beside the first
+condition, with the agreement of the two forced choices.
 """
 
 from __future__ import annotations
@@ -45,29 +52,69 @@ def run(profile: str, model: str) -> None:
     inputs = {"data/prompts.json": sha256_file(paths.PROMPTS_FILE), "data/tools.json": sha256_file(paths.TOOLS_FILE),
               **lm.files}
     with Run(profile, model, "baseline", cfg, inputs, seed=cfg["seed"]) as run:
-        rows, t_score = [], 0.0
-        for c0 in range(0, len(requests), CHUNK):
+        names = [f"chunk-{c0:04d}" for c0 in range(0, len(requests), CHUNK)]
+
+        def compute(name):
+            c0 = int(name.split("-")[1])
             part = requests[c0 : c0 + CHUNK]
+            t0 = time.time()
+            choices = engine.score([r.text for r in part], tools, desc=f"{model} scoring {c0}+")
+            t1 = time.time()
+            replies = engine.generate([r.text for r in part], tools, max_new_tokens=cfg["max_new_tokens"],
+                                      desc=f"{model} generating {c0}+")
+            return {"score_s": t1 - t0, "rows": [
+                {"id": r.id, "category": r.category, "gold": r.tool or "", "forced": c.choice,
+                 "p_tool": c.p_tool, "decides_tool": c.decides_tool, "gold_logprob": c.logprobs.get(r.tool, float("nan")) if r.tool else None,
+                 "reply": reply, "opening": opening(reply), "generated": parse_call(reply).name or ""}
+                for r, c, reply in zip(part, choices, replies)]}
 
-            def compute(part=part):
-                t0 = time.time()
-                choices = engine.score([r.text for r in part], tools, desc=f"{model} scoring {c0}+")
-                t1 = time.time()
-                replies = engine.generate([r.text for r in part], tools, max_new_tokens=cfg["max_new_tokens"],
-                                          desc=f"{model} generating {c0}+")
-                return {"score_s": t1 - t0, "rows": [
-                    {"id": r.id, "category": r.category, "gold": r.tool or "", "forced": c.choice,
-                     "p_tool": c.p_tool, "decides_tool": c.decides_tool, "gold_logprob": c.logprobs.get(r.tool, float("nan")) if r.tool else None,
-                     "reply": reply, "opening": opening(reply), "generated": parse_call(reply).name or ""}
-                    for r, c, reply in zip(part, choices, replies)]}
-
-            done = run.chunk(f"chunk-{c0:04d}", compute)
-            rows += done["rows"]
-            t_score += done["score_s"]
-        summarise(run, rows, [t.name for t in tools], t_score)
+        # chunks split between the processes of `accelerate launch` (all of them in one process)
+        done_all = run.chunks(names, compute)
+        rows = [row for done in done_all or [] for row in done["rows"]]
+        t_score = sum(done["score_s"] for done in done_all or [])
+        # --- thinking on: a second condition (Qwen3) ---------------------------------------------------
+        conditions = {}
+        if cfg.get("thinking_max_new_tokens") and lm.spec.family == "qwen3":
+            conditions["thinking_on"] = thinking_condition(run, engine, requests, tools, cfg, rows)
+        # --- end of thinking on -----------------------------------------------------------------------
+        if done_all is None:
+            return  # a helper process of `accelerate launch`: its chunks are written, the main one summarises
+        summarise(run, rows, [t.name for t in tools], t_score, conditions)
 
 
-def summarise(run: Run, rows: list[dict], names: list[str], t_score: float) -> None:
+def thinking_condition(run: Run, engine: ToolChoiceEngine, requests, tools, cfg: dict, off_rows: list[dict]) -> dict:
+    """Thinking on: greedy reasoning (bounded), then forced choice and P(tool) read after ``</think>``."""
+    def compute(name):
+        c0 = int(name.split("-")[1])
+        part = requests[c0 : c0 + CHUNK]
+        texts = [r.text for r in part]
+        thoughts = engine.think(texts, tools, cfg["thinking_max_new_tokens"], desc=f"thinking {c0}+")
+        choices = engine.score(texts, tools, desc=f"scoring after thinking {c0}+", after=[t["after"] for t in thoughts])
+        return [{"id": r.id, "gold": r.tool or "", "forced": c.choice, "p_tool": c.p_tool,
+                 "decides_tool": c.decides_tool, "reasoning_tokens": t["tokens"], "closed": t["closed"],
+                 "reasoning": t["after"]} for r, c, t in zip(part, choices, thoughts)]
+
+    done_all = run.chunks([f"thinking-{c0:04d}" for c0 in range(0, len(requests), CHUNK)], compute)
+    if done_all is None:
+        return None  # a helper process
+    rows = [row for done in done_all for row in done]
+    run.write_csv("requests_thinking", rows)
+    off = {r["id"]: r for r in off_rows}
+    tool_rows = [r for r in rows if r["gold"]]
+    needs = np.array([bool(r["gold"]) for r in rows])
+    return {
+        "forced_choice_accuracy": accuracy([r["forced"] == r["gold"] for r in tool_rows]),
+        "tool_no_tool_accuracy": accuracy(np.array([r["decides_tool"] for r in rows]) == needs),
+        "forced_agreement_with_thinking_off": accuracy([r["forced"] == off[r["id"]]["forced"] for r in tool_rows]),
+        "decision_agreement_with_thinking_off": accuracy([r["decides_tool"] == off[r["id"]]["decides_tool"]
+                                                          for r in rows]),
+        "mean_reasoning_tokens": float(np.mean([r["reasoning_tokens"] for r in rows])),
+        "reasoning_closed_share": float(np.mean([r["closed"] for r in rows])),
+        "max_reasoning_tokens": cfg["thinking_max_new_tokens"],
+    }
+
+
+def summarise(run: Run, rows: list[dict], names: list[str], t_score: float, conditions: dict | None = None) -> None:
     tool_rows = [r for r in rows if r["gold"]]
     forced_ok = [r["forced"] == r["gold"] for r in tool_rows]
     gen_ok = [r["generated"] == r["gold"] for r in tool_rows]
@@ -106,6 +153,7 @@ def summarise(run: Run, rows: list[dict], names: list[str], t_score: float) -> N
         "plan_threshold_holds": bool(forced_acc["value"] > PLAN_THRESHOLD),
         "reply_openings_tool": openings[True],
         "reply_openings_no_tool": openings[False],
+        **(conditions or {}),  # further conditions (thinking on), each its own metrics
     }
     fig = confusion_figure(tool_rows, names, run.model)
     run.save_figure("confusion", fig, f"Confusion of gold tool (rows) and chosen tool (columns) for {run.model}: "

@@ -1,10 +1,20 @@
+import os
+
 import pytest
+import torch
+
+# The tiny-model suite checks exact equalities, so it runs in float32 on whatever device the setting
+# picks (CUDA when a GPU is present): TOOLATTN_DTYPE=bfloat16 would run it in bf16 instead.
+os.environ.setdefault("TOOLATTN_DTYPE", "float32")
+
+CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (CI has none; run on a GPU machine)")
 
 from toolattn import paths
 from toolattn.models import load_model
 from toolattn.tools import core_tools
 
-TINY = ["tiny-qwen2", "tiny-qwen3", "tiny-gemma3"]
+TINY = ["tiny-qwen2", "tiny-qwen3", "tiny-gemma3", "tiny-functiongemma"]
 
 
 @pytest.fixture(scope="session")

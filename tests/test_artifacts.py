@@ -22,6 +22,7 @@ def test_run_writes_result_and_manifest(art):
     man = json.loads((d / "manifest.json").read_text())
     assert man["config"] == {"n": 3} and man["inputs"] == {"data.json": "abc"} and man["seed"] == 7
     assert {"git_sha", "git_dirty", "versions", "device", "dtype", "wall_time_s"} <= set(man)
+    assert {"device_name", "torch", "cuda"} <= set(man)  # what ran: device, dtype, torch and CUDA versions
     assert "torch" in man["versions"]
     assert load_result("fast", "m", "demo")["tables"] == {"table": "table.csv"}
     assert (d / "table.csv").read_text().splitlines() == ["a,b", "1,2.5"]

@@ -34,28 +34,29 @@ def _eager(lm, f) -> torch.Tensor:
     lm.model.set_attn_implementation("eager")
     try:
         with torch.inference_mode():
-            out = lm.model(input_ids=torch.tensor([f.input_ids]), output_attentions=True)
+            out = lm.model(input_ids=torch.tensor([f.input_ids], device=lm.model.device), output_attentions=True)
     finally:
         lm.model.set_attn_implementation(before)
-    return torch.stack([a[0, :, f.decision_position] for a in out.attentions])
+    return torch.stack([a[0, :, f.decision_position] for a in out.attentions]).float().cpu()
 
 
 def full_masks(lm, f, knocked: torch.Tensor | None = None) -> dict:
     """Boolean masks of a full forward; ``knocked [keys]`` removes those keys for queries after the tool block."""
     n = len(f.input_ids)
-    pos = torch.arange(n)[None]
-    masks = build_masks(lm.model, pos, pos, torch.ones(1, n, dtype=torch.bool))
+    pos = torch.arange(n, device=lm.model.device)[None]
+    masks = build_masks(lm.model, pos, pos, torch.ones(1, n, dtype=torch.bool, device=pos.device))
     if knocked is not None:
         for m in masks.values():
-            m[0, 0, f.tool_block_end:, : len(knocked)] &= ~knocked
+            m[0, 0, f.tool_block_end:, : len(knocked)] &= ~knocked.to(m.device)
     return masks
 
 
 def forward_logits(lm, ids, masks=None, **kwargs) -> torch.Tensor:
     n = len(ids)
     with torch.inference_mode():
-        return lm.model(input_ids=torch.tensor([ids]), attention_mask=masks, position_ids=torch.arange(n)[None],
-                        **kwargs).logits[0].float()
+        dev = lm.model.device
+        return lm.model(input_ids=torch.tensor([ids], device=dev), attention_mask=masks,
+                        position_ids=torch.arange(n, device=dev)[None], **kwargs).logits[0].float().cpu()
 
 
 def heads_mask(lm, value: bool) -> torch.Tensor:

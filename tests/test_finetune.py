@@ -58,6 +58,7 @@ def test_loss_on_reply_tokens_only(setup):
         assert labels[b, n_prompt : len(x)].tolist() == x[n_prompt:]
         assert tok.decode(x[n_prompt:]) == examples[b].reply + ft.END_TURN
     # Same value as the cross-entropy of the full logits at the reply positions only.
+    ids, attn, labels = (t.to(lm.model.device) for t in (ids, attn, labels))
     with torch.no_grad():
         loss = ft.reply_loss(lm.model, ids, attn, labels)
         logits = lm.model(input_ids=ids, attention_mask=attn).logits[:, :-1]
@@ -70,7 +71,7 @@ def test_training_freezes_embeddings_and_learns(setup):
     lm = load_model("tiny-gemma3")
     _, tok, _, data = setup
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
-    fixed = ft.collate(data[:4], tok.pad_token_id)
+    fixed = [t.to(lm.model.device) for t in ft.collate(data[:4], tok.pad_token_id)]
     with torch.no_grad():
         loss0 = ft.reply_loss(lm.model, *fixed).item()
     ft.train(lm.model, data[:4] * 8, dict(CFG, epochs=2, lr=3e-3), tok.pad_token_id, progress=False)  # 16 steps

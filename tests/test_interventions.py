@@ -37,7 +37,8 @@ def reply_probs(lm, iv, f, hook_layer=None, hook=None) -> torch.Tensor:
     handle = mlp_site(iv.decoder.layers[hook_layer]).register_forward_hook(hook) if hook else None
     try:
         with torch.inference_mode():
-            logits = lm.model(input_ids=torch.tensor([f.input_ids[: f.prompt_len]])).logits[0, f.reply_position].float()
+            logits = lm.model(input_ids=torch.tensor([f.input_ids[: f.prompt_len]], device=lm.model.device)
+                             ).logits[0, f.reply_position].float().cpu()
     finally:
         if handle:
             handle.remove()
@@ -132,11 +133,11 @@ def test_decision_patch_equals_full_recompute(setup):
     got = iv.patch_decision(fs, clean, 1, "resid", source)
     for i, f in enumerate(fs):
         n = f.prompt_len
-        where = torch.zeros(1, n, dtype=torch.bool)
+        where = torch.zeros(1, n, dtype=torch.bool, device=lm.model.device)
         where[0, f.reply_position] = True
         with torch.inference_mode():
             h, _ = traced_forward(iv.net, [Edit(1, "resid", source[i][None, None], where)],
-                                  input_ids=torch.tensor([f.input_ids[:n]]))
+                                  input_ids=torch.tensor([f.input_ids[:n]], device=lm.model.device))
         assert close(torch.stack(iv.decision(h[:, f.reply_position]))[:, 0], torch.stack([got.p_tool[i], got.p_other[i]]))
 
 
@@ -169,7 +170,8 @@ def test_patching_every_position_at_the_last_layer_gives_the_source_logits(setup
     lm, iv, fs, _ = setup
     a, b = fs[0], fs[3]
     n = min(a.prompt_len, b.prompt_len)
-    ids_a, ids_b = torch.tensor([a.input_ids[:n]]), torch.tensor([b.input_ids[:n]])
+    dev = lm.model.device
+    ids_a, ids_b = torch.tensor([a.input_ids[:n]], device=dev), torch.tensor([b.input_ids[:n]], device=dev)
     last = iv.layers - 1
     with torch.inference_mode():
         _, reads = traced_forward(iv.net, [], "all", input_ids=ids_a)

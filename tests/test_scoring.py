@@ -32,7 +32,7 @@ def test_generation_equals_hf_greedy(tiny, tools):
     got = engine.generate(REQUESTS[:3], tools, max_new_tokens=6, return_ids=True)
     for r, ids_got in zip(REQUESTS[:3], got):
         f = engine.formatter.format(r, tools)
-        ids = torch.tensor([f.input_ids[: f.prompt_len]])
+        ids = torch.tensor([f.input_ids[: f.prompt_len]], device=tiny.model.device)
         with torch.inference_mode():
             out = tiny.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                                       pad_token_id=0)

@@ -136,6 +136,14 @@ def versions() -> dict:
     return out
 
 
+def device_info() -> dict:
+    """What the run's model ran on: ``device`` (e.g. ``cuda:0``), ``device_name``, ``dtype``, and the
+    ``torch`` and ``cuda`` versions (``toolattn.device.ran``)."""
+    from .device import ran
+
+    return ran()
+
+
 class Run:
     """One analysis run writing one artifact folder.
 
@@ -166,6 +174,10 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        from .parallel import is_main
+
+        if exc_type is None and not is_main():
+            return False  # a helper process of `accelerate launch` only writes its chunks
         if exc_type is None:
             if self._result is None:
                 raise RuntimeError(f"{self.analysis}: no result was written")
@@ -174,7 +186,7 @@ class Run:
             write_json(self.dir / "manifest.json", {
                 "analysis": self.analysis, "model": self.model, "profile": self.profile,
                 "git_sha": sha, "git_dirty": dirty, "config": self.config, "inputs": self.inputs,
-                "versions": versions(), "device": "cpu", "dtype": "float32", "seed": self.seed,
+                "versions": versions(), **device_info(), "seed": self.seed,
                 "wall_time_s": round(time.time() - self.t0, 2), "timings": self.timings,
                 "threads": _threads(),
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -187,9 +199,7 @@ class Run:
         Chunks are keyed by the config, the inputs and the code, so a changed analysis never
         resumes from stale parts.
         """
-        key = hashlib.sha256(json.dumps([self.config, self.inputs, code_hash(self.analysis)],
-                                        sort_keys=True).encode()).hexdigest()[:12]
-        path = self.dir / "chunks" / f"{name}.{key}.json"
+        path = self.chunk_path(name)
         if path.exists():
             try:
                 return json.loads(path.read_text(encoding="utf-8"))
@@ -204,6 +214,24 @@ class Run:
         manifest's ``timings``; returns the total so far. Timings never enter ``result.json``."""
         self.timings[name] = round(self.timings.get(name, 0.0) + float(seconds), 3)
         return self.timings[name]
+
+    def chunk_path(self, name: str) -> Path:
+        key = hashlib.sha256(json.dumps([self.config, self.inputs, code_hash(self.analysis)],
+                                        sort_keys=True).encode()).hexdigest()[:12]
+        return self.dir / "chunks" / f"{name}.{key}.json"
+
+    def chunks(self, names: list[str], compute) -> list | None:
+        """Every chunk of ``names`` (``compute(name)`` makes one), split between the processes of
+        ``accelerate launch``: each computes its share; the main process waits for the rest and gets
+        them all, in order; a helper process gets None (and writes nothing more)."""
+        from .parallel import is_main, my_share, wait_for
+
+        for name in my_share(names):
+            self.chunk(name, lambda name=name: compute(name))
+        if not is_main():
+            return None
+        wait_for([self.chunk_path(n) for n in names])
+        return [self.chunk(n, lambda n=n: compute(n)) for n in names]
 
     def write_csv(self, name: str, rows: list[dict]) -> None:
         write_csv(self.dir / f"{name}.csv", rows)

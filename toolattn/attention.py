@@ -51,17 +51,17 @@ def toolattn_attention(module, query, key, value, attention_mask, dropout: float
     q, k = query.shape[2], key.shape[2]
     bias = None
     if knockout_heads is not None and bool(knockout_heads[layer].any()):
-        bias = knockout_bias(knockout_heads[layer], knockout_keys, knockout_from, q, k)
+        bias = knockout_bias(knockout_heads[layer], knockout_keys, knockout_from, q, k, device=query.device)
     if bias is None and softcap is None:
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                         scaling=scaling, **kwargs)
     else:
-        probs = attention_probs(module, query, key, _causal(attention_mask, q, k), scaling, softcap, bias)
+        probs = attention_probs(module, query, key, _causal(attention_mask, q, k, query.device), scaling, softcap, bias)
         out = torch.matmul(probs.to(value.dtype), repeat_kv(value, module.num_key_value_groups))
         out = out.transpose(1, 2).contiguous()
     if capture is not None and capture_rows is not None:
         rows = capture_rows.to(query.device)  # [batch, q_sel]
-        mask = _rows(_causal(attention_mask, q, k), rows)
+        mask = _rows(_causal(attention_mask, q, k, query.device), rows)
         capture.record(layer, attention_probs(module, _rows(query, rows), key, mask, scaling, softcap,
                                               None if bias is None else _rows(bias, rows)))
     return out, None
@@ -88,23 +88,26 @@ def attention_probs(module, query, key, attention_mask, scaling=None, softcap=No
     return torch.softmax(logits, dim=-1)
 
 
-def knockout_bias(heads, keys, start, q: int, k: int) -> torch.Tensor:
-    """Additive logits ``[batch, heads, q, keys]``: -1e9 where the head is knocked out, the key is
-    in ``keys [batch, n]`` and the query index is at or after ``start [batch]``."""
+def knockout_bias(heads, keys, start, q: int, k: int, device=None) -> torch.Tensor:
+    """Additive float32 logits ``[batch, heads, q, keys]`` on ``device`` (default: that of ``keys``):
+    -1e9 where the head is knocked out, the key is in ``keys [batch, n]`` and the query index is at or
+    after ``start [batch]``."""
+    device = keys.device if device is None else device
+    keys = keys.to(device)
     batch = keys.shape[0]
-    key_mask = torch.zeros(batch, k, dtype=torch.bool, device=keys.device)
+    key_mask = torch.zeros(batch, k, dtype=torch.bool, device=device)
     key_mask[:, : keys.shape[1]] = keys[:, :k]
-    query_mask = torch.arange(q, device=keys.device)[None, :] >= start.to(keys.device)[:, None]  # [batch, q]
-    hit = heads.to(keys.device)[None, :, None, None] & query_mask[:, None, :, None] & key_mask[:, None, None, :]
+    query_mask = torch.arange(q, device=device)[None, :] >= start.to(device)[:, None]  # [batch, q]
+    hit = heads.to(device)[None, :, None, None] & query_mask[:, None, :, None] & key_mask[:, None, None, :]
     return hit.float() * KNOCKOUT_BIAS
 
 
-def _causal(mask, q: int, k: int):
+def _causal(mask, q: int, k: int, device=None):
     """``mask``, or (when None) the causal mask ``[1, 1, q, keys]`` of queries that are the last q keys
     (transformers leaves the mask out only when that is all it would say: q == keys, or q == 1)."""
     if mask is not None:
         return mask
-    return (torch.arange(k)[None, :] <= torch.arange(k - q, k)[:, None])[None, None]
+    return (torch.arange(k, device=device)[None, :] <= torch.arange(k - q, k, device=device)[:, None])[None, None]
 
 
 def _rows(x, rows):
@@ -156,7 +159,7 @@ class Capture:
         """``probs [batch, heads, q_sel, keys]`` of one layer; a layer seen again starts the next decoder call."""
         if layer in self._layers:
             self.flush()
-        self._layers[layer] = probs.detach().cpu()
+        self._layers[layer] = probs.detach().float().cpu()  # float32 on the CPU, whatever ran
 
     def flush(self) -> None:
         if self._layers:

@@ -95,7 +95,16 @@ def analysis_main(run, doc: str, default_model: str, models: list[str] | None = 
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--profile", default="fast")
     ap.add_argument("--model", default=default_model, choices=models)
+    ap.add_argument("--device", default=None, help="auto (default: CUDA when a GPU is present), cpu, cuda, cuda:N, "
+                    "or map (spread over every GPU); overrides TOOLATTN_DEVICE and the profile")
+    ap.add_argument("--dtype", default=None, help="auto (default: bfloat16 on CUDA, float32 on CPU), float32, "
+                    "bfloat16 or float16; overrides TOOLATTN_DTYPE and the profile")
     args = ap.parse_args()
     with cli_errors():
+        from .artifacts import load_profile
+        from .device import configure, resolve
+
         preflight(args.profile, args.model, _analysis_name(run))
+        configure(args.device, args.dtype, profile=load_profile(args.profile))
+        resolve()  # a bad setting ends here, with one line
         run(args.profile, args.model)

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .datasets import Request, load_prompts
+from .device import model_device
 from .models import get_spec, load_model, tuned_checkpoint
 from .prompts import PromptFormatter
 from .scoring import decoder_parts
@@ -228,6 +229,7 @@ def train(model, data: list[tuple[list[int], int]], cfg: dict, pad_id: int, stat
     Returns ``{"steps", "total_steps", "losses", "seconds", "resumed_from"}``.
     """
     torch.manual_seed(cfg["seed"])
+    device = model_device(model)
     params = freeze_embeddings(model)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     order = batch_order([len(ids) for ids, _ in data], cfg["train_batch_size"], cfg["epochs"], cfg["seed"])
@@ -238,7 +240,7 @@ def train(model, data: list[tuple[list[int], int]], cfg: dict, pad_id: int, stat
     step, losses, seconds = 0, [], 0.0
     state_file = Path(state_dir) / "state.pt" if state_dir else None
     if state_file and state_file.exists():
-        st = torch.load(state_file, weights_only=True)
+        st = torch.load(state_file, weights_only=True, map_location=device)
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if n in st["weights"]:
@@ -251,7 +253,7 @@ def train(model, data: list[tuple[list[int], int]], cfg: dict, pad_id: int, stat
     bar = tqdm(total=total, initial=step, desc="fine-tuning", unit="step", disable=not progress)
     t0 = time.time()
     while step < total and (stop_at is None or step < stop_at):
-        loss = reply_loss(model, *collate([data[i] for i in order[step]], pad_id))
+        loss = reply_loss(model, *(t.to(device) for t in collate([data[i] for i in order[step]], pad_id)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
@@ -318,7 +320,7 @@ def ensure_child(profile: str, cfg: dict, progress: bool = True) -> Path:
     key = training_key(examples, cfg, get_spec(BASE).sha256)
     if read_source(folder).get("sha256") == key and (folder / "config.json").exists():
         return folder
-    base = load_model(BASE)
+    base = load_model(BASE, dtype=torch.float32)  # trained in float32 on any device (AdamW on bf16 weights loses updates)
     tok = child_tokenizer(base.tokenizer)
     formatter = PromptFormatter(tok, "chat", "gemma3")
     data = [encode_example(formatter, ex, catalog) for ex in examples]
@@ -349,8 +351,9 @@ def weight_divergence(parent, child) -> list[dict]:
         for name, w in child.named_parameters():
             part = ("attention" if ".self_attn." in name else "mlp" if ".mlp." in name else None)
             if part and w.dim() == 2 and name.startswith(f"model.layers.{i}."):
-                sums[part][0] += float((w.detach() - pw[name].detach()).pow(2).sum())
-                sums[part][1] += float(pw[name].detach().pow(2).sum())
+                w0 = pw[name].detach().float().to(w.device)
+                sums[part][0] += float((w.detach().float() - w0).pow(2).sum())
+                sums[part][1] += float(w0.pow(2).sum())
         row = {"layer": i}
         for part, (d, n) in sums.items():
             row[part] = math.sqrt(d / n)

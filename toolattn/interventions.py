@@ -17,7 +17,8 @@ request shares (the rest of the system turn, or the few-shot examples of the tex
 they are run once, at batch 1, with the same edit as the requests (so an ablation "at every position
 after the tool block" covers them), and their keys/values are broadcast to the request batches.
 Then the request tokens up to the reply position run batched, right-padded, with explicit positions
-and boolean masks (``build_masks``; sliding-window layers included).
+and boolean masks (``Layout``; sliding-window layers included), on the model's device. What comes
+back to callers (``Readout``, ``Clean``'s activations) is CPU float32.
 
 Requests are batched by length (little padding); results come back in the order given.
 
@@ -45,9 +46,11 @@ from dataclasses import dataclass, field
 import nnsight
 import torch
 
+from .device import model_device, to_numpy_ready
+from .layout import Layout
 from .models import LoadedModel
 from .prompts import Formatted, PromptFormatter
-from .scoring import PrefixCache, build_masks, decoder_parts
+from .scoring import PrefixCache, decoder_parts
 from .tools import Tool
 
 SITES = ("resid", "mlp")
@@ -85,10 +88,10 @@ class Edit:
     where: torch.Tensor | None = None
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        value = self.value.to(x.dtype).expand_as(x)
+        value = self.value.to(device=x.device, dtype=x.dtype).expand_as(x)
         if self.where is None:
             return value.clone()
-        return torch.where(self.where[..., None], value, x)
+        return torch.where(self.where.to(x.device)[..., None], value, x)
 
 
 def traced_forward(net, edits: list[Edit] = (), read_at=None, skip: dict | None = None, **decoder_kwargs):
@@ -153,9 +156,9 @@ def kv_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int | None = No
 class Batch:
     """Requests run together: their tokens after the shared tokens, right-padded.
 
-    ``index``: ``[batch]`` position of each request in the list given; ``ids``/``valid``: ``[batch, q]``;
+    ``index``: ``[batch]`` position of each request in the list given (CPU); ``ids``/``valid``: ``[batch, q]``;
     ``reply``: ``[batch]`` index of the reply position in ``ids``; ``start``: prompt position of
-    ``ids[:, 0]`` (the shared length).
+    ``ids[:, 0]`` (the shared length). ``ids``, ``valid`` and ``reply`` are on the model's device.
     """
 
     formatted: list[Formatted]
@@ -208,9 +211,10 @@ class Intervener:
         per request (the output head is the largest matrix of a small model)."""
         self.lm, self.tools, self.batch_size, self.nll_tokens = lm, tools, batch_size, nll_tokens
         self.model = lm.model
+        self.device = model_device(lm.model)
         self.decoder, self.head, self.softcap = decoder_parts(lm.model)
         self.net = nnsight.NNsight(self.decoder)
-        self.formatter = PromptFormatter(lm.tokenizer, lm.spec.prompt_format, lm.spec.family)
+        self.formatter = PromptFormatter.for_model(lm)
         self.open_ids = self.formatter.call_open_ids()
         self.layers = len(self.decoder.layers)
         self._tool_prefix = None
@@ -243,13 +247,10 @@ class Intervener:
             part = [fs[i] for i in index]
             suffixes = [f.input_ids[P : f.prompt_len] for f in part]
             S = max(len(s) for s in suffixes)
-            ids = torch.zeros(len(part), S, dtype=torch.long)
-            valid = torch.zeros(len(part), S, dtype=torch.bool)
-            for b, s in enumerate(suffixes):
-                ids[b, : len(s)] = torch.tensor(s)
-                valid[b, : len(s)] = True
+            ids = torch.tensor([s + [0] * (S - len(s)) for s in suffixes], device=self.device)
+            valid = torch.tensor([[True] * len(s) + [False] * (S - len(s)) for s in suffixes], device=self.device)
             out.append(Batch(part, torch.tensor(index), ids, valid,
-                             torch.tensor([f.reply_position - P for f in part]), P))
+                             torch.tensor([f.reply_position - P for f in part], device=self.device), P))
         return out
 
     def shared(self, fs: list[Formatted], edits: list[Edit] = (), tool_kv: list | None = None) -> list:
@@ -264,12 +265,11 @@ class Intervener:
             return self._shared[key]
         cache = kv_cache(tool_kv or self._tool_prefix.kv, 1)
         if P > T:
-            pos = torch.arange(T, P)[None]
-            k_pos = torch.arange(P)[None]
-            masks = build_masks(self.model, pos, k_pos, torch.ones(1, P, dtype=torch.bool))
+            lay = Layout.span(T, length=P - T, device=self.device)
             with torch.inference_mode():
-                traced_forward(self.net, edits, input_ids=torch.tensor([f.input_ids[T:P]]), attention_mask=masks,
-                               position_ids=pos, past_key_values=cache, use_cache=True)
+                traced_forward(self.net, edits, input_ids=torch.tensor([f.input_ids[T:P]], device=self.device),
+                               attention_mask=lay.masks(self.model), position_ids=lay.q_pos, past_key_values=cache,
+                               use_cache=True)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         if plain:
             self._shared = {key: kv}  # the clean shared keys/values of the current request set
@@ -283,13 +283,12 @@ class Intervener:
         f, P = fs[0], shared_len(fs)
         key = tuple(f.input_ids[:P])
         if key not in self._prompt:
-            pos = torch.arange(P)[None]
-            masks = build_masks(self.model, pos, pos, torch.ones(1, P, dtype=torch.bool))
+            lay = Layout.span(0, length=P, device=self.device)
             with torch.inference_mode():
-                _, r = traced_forward(self.net, [], "all", input_ids=torch.tensor([f.input_ids[:P]]),
-                                      attention_mask=masks, position_ids=pos)
-            self._prompt = {key: {"resid": r["resid"][:, :, : f.tool_block_end], "mlp_sum": r["mlp"][:, 0].sum(1),
-                                  "n": P}}
+                _, r = traced_forward(self.net, [], "all", input_ids=torch.tensor([f.input_ids[:P]], device=self.device),
+                                      attention_mask=lay.masks(self.model), position_ids=lay.q_pos)
+            self._prompt = {key: {"resid": r["resid"][:, :, : f.tool_block_end],
+                                  "mlp_sum": to_numpy_ready(r["mlp"][:, 0].float().sum(1)), "n": P}}
         return self._prompt[key]
 
     def tool_block(self, fs: list[Formatted], edits: list[Edit], below: int = 0) -> list:
@@ -298,28 +297,25 @@ class Intervener:
         from transformers import DynamicCache
 
         ids = self._tool_prefix.ids
-        T = len(ids)
-        pos = torch.arange(T)[None]
+        lay = Layout.span(0, length=len(ids), device=self.device)
         resid = self.shared_reads(fs)["resid"]
         cache = DynamicCache()
         with torch.inference_mode():
-            traced_forward(self.net, edits, skip={i: resid[i] for i in range(below)}, input_ids=torch.tensor([ids]),
-                           attention_mask=build_masks(self.model, pos, pos, torch.ones(1, T, dtype=torch.bool)),
-                           position_ids=pos, past_key_values=cache, use_cache=True)
+            traced_forward(self.net, edits, skip={i: resid[i] for i in range(below)},
+                           input_ids=torch.tensor([ids], device=self.device), attention_mask=lay.masks(self.model),
+                           position_ids=lay.q_pos, past_key_values=cache, use_cache=True)
         return [self._tool_prefix.kv[i] if i < below else (cache.layers[i].keys, cache.layers[i].values)
                 for i in range(self.layers)]
 
     def _request_forward(self, batch: Batch, shared_kv, edits, read_at=None, skip=None):
-        B, S = batch.ids.shape
+        B = batch.ids.shape[0]
         P = shared_kv[0][0].shape[2]
-        q_pos = (P + torch.arange(S)).expand(B, S)
-        k_pos = torch.cat([torch.arange(P).expand(B, P), q_pos], 1)
-        k_valid = torch.cat([torch.ones(B, P, dtype=torch.bool), batch.valid], 1)
+        lay = Layout.span(P, batch.valid)
         cache = kv_cache(shared_kv, B)
         with torch.inference_mode():
             h, reads = traced_forward(self.net, edits, read_at, skip, input_ids=batch.ids,
-                                      attention_mask=build_masks(self.model, q_pos, k_pos, k_valid),
-                                      position_ids=q_pos, past_key_values=cache, use_cache=True)
+                                      attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
+                                      past_key_values=cache, use_cache=True)
         # keep only the request tokens' keys/values (a copy, so the shared part is not held per batch)
         return h, reads, [(layer.keys[:, :, P:].clone(), layer.values[:, :, P:].clone()) for layer in cache.layers]
 
@@ -332,7 +328,7 @@ class Intervener:
             probs = torch.softmax(logits, -1)
             p_tool = probs[:, self.open_ids].sum(-1)
             probs[:, self.open_ids] = 0
-            return p_tool, probs.max(-1).values
+            return p_tool.cpu(), probs.max(-1).values.cpu()
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -346,15 +342,15 @@ class Intervener:
         batches = self.batches(fs)
         for batch in batches:
             h, r, kv = self._request_forward(batch, shared_kv, [], read_at="all")
-            rows = torch.arange(len(batch.reply))
+            rows = torch.arange(len(batch.reply), device=self.device)
             pt, po = self.decision(h[rows, batch.reply])
             p.append(pt), o.append(po), caches.append(kv), resid_all.append(r["resid"])
-            emb.append(r["emb"][rows, batch.reply])
-            resid.append(r["resid"][:, rows, batch.reply])
-            mlp.append(r["mlp"][:, rows, batch.reply])
-            req_emb.append(self._request_embedding(batch, r["emb"]))
+            emb.append(to_numpy_ready(r["emb"][rows, batch.reply]))
+            resid.append(to_numpy_ready(r["resid"][:, rows, batch.reply]))
+            mlp.append(to_numpy_ready(r["mlp"][:, rows, batch.reply]))
+            req_emb.append(to_numpy_ready(self._request_embedding(batch, r["emb"])))
             nll.append(self.text_nll(batch, h))
-            sums = sums + (r["mlp"] * batch.valid[None, :, :, None]).sum((1, 2))
+            sums = sums + to_numpy_ready((r["mlp"].float() * batch.valid[None, :, :, None]).sum((1, 2)))
             count += int(batch.valid.sum())
         return Clean(in_order(p, batches), in_order(o, batches), in_order(emb, batches), in_order(resid, batches, 1),
                      in_order(mlp, batches, 1), in_order(nll, batches), caches=caches, resid_all=resid_all,
@@ -375,12 +371,12 @@ class Intervener:
                     logits = torch.tanh(logits / self.softcap) * self.softcap
                 target = batch.ids[b, t0 + 1 : t1]
                 out.append(torch.nn.functional.cross_entropy(logits, target))
-        return torch.stack(out)
+        return to_numpy_ready(torch.stack(out))
 
     def _request_embedding(self, batch: Batch, emb: torch.Tensor) -> torch.Tensor:
         """Mean token embedding of each request's own text, ``[batch, hidden]`` (``emb [batch, q, hidden]``)."""
         P = batch.start
-        return torch.stack([emb[b, f.prefix_len - P : self._text_end[f.text] - P].mean(0)
+        return torch.stack([emb[b, f.prefix_len - P : self._text_end[f.text] - P].float().mean(0)
                             for b, f in enumerate(batch.formatted)])
 
     def run(self, fs: list[Formatted], layer_edits, clean: Clean | None = None, below: int = 0,
@@ -399,7 +395,7 @@ class Intervener:
         for j, batch in enumerate(batches):
             skip = {i: clean.resid_all[j][i] for i in range(below)} if clean is not None else None
             h, _, _ = self._request_forward(batch, shared_kv, layer_edits(batch), skip=skip)
-            pt, po = self.decision(h[torch.arange(len(batch.reply)), batch.reply])
+            pt, po = self.decision(h[torch.arange(len(batch.reply), device=self.device), batch.reply])
             p.append(pt), o.append(po)
             if nll:
                 losses.append(self.text_nll(batch, h))
@@ -435,8 +431,8 @@ class Intervener:
         def edits(batch):
             if batch is None:
                 return []  # the shared tokens are the same in both requests
-            value = torch.zeros(*batch.ids.shape, rows[0].shape[-1])
-            where = torch.zeros(batch.ids.shape, dtype=torch.bool)
+            value = torch.zeros(*batch.ids.shape, rows[0].shape[-1], dtype=rows[0].dtype, device=self.device)
+            where = torch.zeros(batch.ids.shape, dtype=torch.bool, device=self.device)
             for b, i in enumerate(batch.index.tolist()):
                 src, r = rows[int(source[i])], int(batch.reply[b])
                 n = min(len(src), r + 1)
@@ -456,21 +452,19 @@ class Intervener:
         for batch, request_kv in zip(batches, clean.caches):
             B, S = batch.ids.shape
             P = batch.start
-            K = P + S
             cache = kv_cache(shared_kv, B)
             for i, (k, v) in enumerate(request_kv):
                 cache.update(k, v, i)
-            rows = torch.arange(B)
-            q_pos = (P + batch.reply)[:, None]
-            earlier = torch.cat([torch.ones(B, P, dtype=torch.bool),
-                                 batch.valid & (torch.arange(S)[None] < batch.reply[:, None])], 1)
-            k_pos = torch.cat([torch.arange(K).expand(B, K), q_pos], 1)
-            k_valid = torch.cat([earlier, torch.ones(B, 1, dtype=torch.bool)], 1)
-            edit = Edit(layer, site, source[batch.index][:, None])
+            rows = torch.arange(B, device=self.device)
+            # the reply token alone, after the shared keys and the request keys before it
+            earlier = torch.cat([torch.ones(B, P, dtype=torch.bool, device=self.device),
+                                 batch.valid & (torch.arange(S, device=self.device)[None] < batch.reply[:, None])], 1)
+            lay = Layout.after(earlier, (P + batch.reply)[:, None])
+            edit = Edit(layer, site, source.to(self.device)[batch.index.to(self.device)][:, None])
             with torch.inference_mode():
                 h, _ = traced_forward(self.net, [edit], input_ids=batch.ids[rows, batch.reply][:, None],
-                                      attention_mask=build_masks(self.model, q_pos, k_pos, k_valid),
-                                      position_ids=q_pos, past_key_values=cache, use_cache=True)
+                                      attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
+                                      past_key_values=cache, use_cache=True)
             pt, po = self.decision(h[:, 0])
             p.append(pt), o.append(po)
         return Readout(in_order(p, batches), in_order(o, batches))

@@ -10,6 +10,8 @@ Kinds of entry:
 * ``tuned`` -- a child fine-tuned here (trained by a make target); loaded from its folder.
 * ``tiny`` -- randomly initialised models of the same architectures, built in-process
   from a config, with an in-process tokenizer (tests).
+* ``random`` -- the full-size architecture of a hub model with random weights (``make bench`` on a
+  GPU, where no weights can be fetched).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from . import device as devices
 from . import paths
 
 QWEN25_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
@@ -46,6 +49,7 @@ class ModelSpec:
     parent: str = ""  # the model a tuned child was trained from
     make_target: str = ""  # what builds it (tuned)
     call_prefix: str = ""  # the model's own call prefix, when it differs from its template family's
+    call_format: str = ""  # the model's own call format (prompts.CALL_FORMATS), e.g. "functiongemma"
     about: str = ""
 
 
@@ -66,11 +70,18 @@ REGISTRY: dict[str, ModelSpec] = {
                   about="FunctionGemma-style child fine-tuned here from gemma-3-270m"),
         ModelSpec("qwen3-4b", "hub", "qwen3", "chat", "Qwen/Qwen3-4B"),
         ModelSpec("qwen3-8b", "hub", "qwen3", "chat", "Qwen/Qwen3-8B"),
-        ModelSpec("functiongemma-270m", "hub", "gemma3", "chat", "google/functiongemma-270m-it"),
+        ModelSpec("functiongemma-270m", "hub", "gemma3", "chat", "google/functiongemma-270m-it",
+                  call_format="functiongemma",
+                  about="FunctionGemma 270M: declarations in a developer turn, <start_function_call>call:NAME{...}"),
         ModelSpec("gemma-3-270m-hub", "hub", "gemma3", "text", "google/gemma-3-270m"),
+        ModelSpec("qwen3-4b-random", "random", "qwen3", "chat", "qwen3-4b",
+                  about="Qwen3-4B's architecture with random weights (benchmarks; config in toolattn/tiny.py)"),
+        ModelSpec("functiongemma-270m-random", "random", "gemma3", "chat", "gemma-3-270m", call_format="functiongemma",
+                  about="Gemma 3 270M's architecture with random weights and FunctionGemma's format (benchmarks)"),
         ModelSpec("tiny-qwen2", "tiny", "qwen2", "chat"),
         ModelSpec("tiny-qwen3", "tiny", "qwen3", "chat"),
         ModelSpec("tiny-gemma3", "tiny", "gemma3", "text"),
+        ModelSpec("tiny-functiongemma", "tiny", "gemma3", "chat", call_format="functiongemma"),
     ]
 }
 
@@ -95,41 +106,59 @@ def get_spec(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
-def load_model(name: str, local_path: str | Path | None = None, dtype=torch.float32,
-               profile: str = "fast") -> LoadedModel:
-    """Load a registry model in eval mode.
+def local_env(name: str) -> str:
+    """The environment variable that points a registry name at a local folder."""
+    return "TOOLATTN_LOCAL_" + name.upper().replace("-", "_").replace(".", "_")
+
+
+def load_model(name: str, local_path: str | Path | None = None, dtype=None,
+               profile: str = "fast", device=None) -> LoadedModel:
+    """Load a registry model in eval mode, on the run's device and dtype (``toolattn.device``).
 
     ``local_path`` overrides where a hub (or tuned) model comes from; ``profile`` picks which
-    training run of a tuned child to load (``artifacts/<profile>/<name>/finetune/checkpoint``).
+    training run of a tuned child to load (``artifacts/<profile>/<name>/finetune/checkpoint``);
+    ``device`` / ``dtype`` override the run's setting (``"map"``: spread over every GPU).
     """
     spec = get_spec(name)
-    env_path = os.environ.get("TOOLATTN_LOCAL_" + name.upper().replace("-", "_").replace(".", "_"))
-    local_path = local_path or env_path
+    local_path = local_path or os.environ.get(local_env(name))
+    device, dtype = devices.resolve(device, dtype)
     if spec.kind == "tiny":
         from .tiny import build_tiny
 
-        model, tok = build_tiny(spec.family)
+        model, tok = build_tiny(spec.family, style=spec.call_format or None)
+        model = model.to(dtype=dtype, device="cuda" if device == "map" else device)
+        files = {}
+    elif spec.kind == "random":
+        from .tiny import build_random
+
+        model, tok = build_random(spec.source, device, dtype)
         files = {}
     elif spec.kind == "embedded":
         folder = ensure_converted(spec)
-        model, tok = _from_folder(folder, dtype)
+        model, tok = _from_folder(folder, dtype, device)
         files = {spec.source: spec.sha256}
     elif spec.kind == "tuned":
         folder = Path(local_path) if local_path else tuned_checkpoint(spec.name, profile)
         if not local_path and not (folder / "config.json").exists():
             raise ModelError(f"{spec.name} has not been trained yet for the {profile} profile ({folder} is missing);"
                              f" run `{spec.make_target} PROFILE={profile}`")
-        model, tok = _from_folder(folder, dtype)
+        model, tok = _from_folder(folder, dtype, device)
         files = {f"{spec.name}/model.safetensors": _read_source(folder).get("sha256", "")}
     else:  # hub
         if local_path:
-            model, tok = _from_folder(Path(local_path), dtype)
+            model, tok = _from_folder(Path(local_path), dtype, device)
             files = {str(local_path): "local"}
         else:
-            model, tok = _from_hub(spec, dtype)
+            model, tok = _from_hub(spec, dtype, device)
             files = {spec.source: "hub"}
     model.eval()
+    devices.note_loaded(model)
     return LoadedModel(spec, model, tok, files)
+
+
+def _placement(device: str) -> dict:
+    """``from_pretrained`` arguments that put the weights on ``device`` as they load."""
+    return {"device_map": "auto"} if device == "map" else {"device_map": device}
 
 
 def tuned_checkpoint(name: str, profile: str) -> Path:
@@ -137,7 +166,7 @@ def tuned_checkpoint(name: str, profile: str) -> Path:
     return paths.artifact_dir(profile, name, "finetune") / "checkpoint"
 
 
-def _from_folder(folder: Path, dtype):
+def _from_folder(folder: Path, dtype=torch.float32, device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
@@ -147,7 +176,8 @@ def _from_folder(folder: Path, dtype):
         raise ModelError(f"{label}: {problem}; {fix}")
     try:
         tok = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa",
+                                                     **_placement(device))
     except Exception as e:  # transformers / safetensors raise many kinds on a damaged folder
         why = " ".join(str(e).split())[:300] or type(e).__name__
         raise ModelError(f"{label}: cannot load it ({why}); {fix}") from e
@@ -218,25 +248,28 @@ def safetensors_problem(path: Path) -> str:
     return ""
 
 
-def _from_hub(spec: ModelSpec, dtype):
+def _from_hub(spec: ModelSpec, dtype=torch.float32, device: str = "cpu"):
+    """``(model, tokenizer)`` of a hub model: from the local Hugging Face cache when a copy is there
+    (no network), else downloaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def unavailable(why: str) -> ModelError:
         return ModelError(
             f"cannot load {spec.name} ({spec.source}): {why}; pass local_path= or set "
-            f"TOOLATTN_LOCAL_{spec.name.upper().replace('-', '_')} to a downloaded folder, "
-            f"or use an embedded model: {', '.join(EMBEDDED)}")
+            f"{local_env(spec.name)} to a downloaded folder, or use an embedded model: {', '.join(EMBEDDED)}")
 
+    load = dict(dtype=dtype, attn_implementation="sdpa", **_placement(device))
     try:  # a copy already in the local Hugging Face cache needs no network
-        return (AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, local_files_only=True),
-                AutoTokenizer.from_pretrained(spec.source, local_files_only=True))[::-1]
+        tok = AutoTokenizer.from_pretrained(spec.source, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(spec.source, local_files_only=True, **load)
+        return model, tok
     except OSError:
         pass
     if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
         raise unavailable("the model hub is unreachable and no local copy was found")
     try:
         tok = AutoTokenizer.from_pretrained(spec.source)
-        model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(spec.source, **load)
     except OSError as e:
         raise unavailable(f"download failed ({e})") from None
     return model, tok

@@ -6,6 +6,11 @@ Two formats:
   add_generation_prompt=True)`` with thinking disabled where the template has it. The call
   prefix is the template family's (Qwen: ``<tool_call>\\n{"name": "``) unless the registry records
   that the model writes its calls differently (Qwen2.5-Coder: a JSON code fence).
+* ``chat`` with FunctionGemma's own call format (``call_format="functiongemma"``, ``CALL_FORMATS``):
+  a developer turn with the trigger sentence and one ``<start_function_declaration>declaration:NAME{...}
+  <end_function_declaration>`` per tool (rendered by the model's template), and calls written
+  ``<start_function_call>call:NAME{key:<escape>value<escape>}<end_function_call>``. The forced
+  choice scores the name after ``call:`` (closed by ``{``).
 * ``text`` -- a few-shot text format for base models (documented in ``TEXT_FORMAT`` below):
   a tool list of ``name: description`` lines, an instruction, four worked examples (two tool
   calls with tools from the list, two plain answers), then ``Request: ...\\nResponse:``. A call
@@ -61,6 +66,12 @@ CHAT_NAME_SUFFIX = {"qwen2": '"', "qwen3": '"', "gemma3": "\n"}
 # object more often than in the template's <tool_call> tags (see the baseline's reply openings).
 CHAT_CALL_OPEN = {"qwen2": ["<tool_call>", "```", "{", "{\n"], "qwen3": ["<tool_call>"],
                   "gemma3": ["<start_function_call>"]}
+# Call formats of particular models, when they differ from their template family's default.
+FUNCTIONGEMMA_SYSTEM = "You are a model that can do function calling with the following functions"
+CALL_FORMATS = {
+    "functiongemma": {"call_prefix": "<start_function_call>call:", "name_suffix": "{",
+                      "call_open": ["<start_function_call>"], "system": FUNCTIONGEMMA_SYSTEM},
+}
 
 
 @dataclass
@@ -106,10 +117,12 @@ class Formatted:
 class PromptFormatter:
     """Formats requests for one model: ``format(request, tools) -> Formatted``."""
 
-    def __init__(self, tokenizer, prompt_format: str, family: str, call_prefix: str | None = None):
+    def __init__(self, tokenizer, prompt_format: str, family: str, call_prefix: str | None = None,
+                 call_format: str | None = None):
         self.tok = tokenizer
         self.prompt_format = prompt_format
         self.family = family
+        self.system = None  # a system / developer message before the request (call formats that need one)
         if prompt_format == "chat":
             if not getattr(tokenizer, "chat_template", None):
                 raise ValueError(f"the tokenizer of this {family} model has no chat template; use the text format")
@@ -122,22 +135,35 @@ class PromptFormatter:
             self.call_prefix = TEXT_FORMAT["call_prefix"]
             self.name_suffix = TEXT_FORMAT["name_suffix"]
             self.call_open = [TEXT_FORMAT["call_prefix"]]
+        if call_format:
+            if call_format not in CALL_FORMATS:
+                raise ValueError(f"unknown call format {call_format!r}; known: {', '.join(CALL_FORMATS)}")
+            fmt = CALL_FORMATS[call_format]
+            self.call_prefix, self.name_suffix, self.call_open = fmt["call_prefix"], fmt["name_suffix"], fmt["call_open"]
+            self.system = fmt.get("system")
         if call_prefix:
             self.call_prefix = call_prefix
 
     @classmethod
     def for_model(cls, lm) -> "PromptFormatter":
-        """The formatter of a loaded registry model (its format, family and own call prefix)."""
-        return cls(lm.tokenizer, lm.spec.prompt_format, lm.spec.family, lm.spec.call_prefix or None)
+        """The formatter of a loaded registry model (its format, family, own call prefix and call format)."""
+        return cls(lm.tokenizer, lm.spec.prompt_format, lm.spec.family, lm.spec.call_prefix or None,
+                   getattr(lm.spec, "call_format", "") or None)
 
     # -- text rendering --------------------------------------------------------------------
 
-    def render(self, request: str, tools: list[Tool]) -> tuple[str, int]:
-        """The prompt text and the char index where the request text starts."""
+    def render(self, request: str, tools: list[Tool], thinking: bool = False) -> tuple[str, int]:
+        """The prompt text and the char index where the request text starts.
+
+        ``thinking``: leave the template's thinking switch on (Qwen3: the prompt ends at the assistant
+        turn's start, and the model opens ``<think>`` itself); off by default (an empty thinking block)."""
         if self.prompt_format == "chat":
+            messages = [{"role": "user", "content": request}]
+            if self.system:
+                messages.insert(0, {"role": "developer", "content": self.system})
             text = self.tok.apply_chat_template(
-                [{"role": "user", "content": request}], tools=[t.schema() for t in tools],
-                add_generation_prompt=True, tokenize=False, enable_thinking=False)
+                messages, tools=[t.schema() for t in tools],
+                add_generation_prompt=True, tokenize=False, enable_thinking=thinking)
         else:
             text = self.text_prompt(request, tools)
         start = text.rfind(request)
@@ -167,8 +193,11 @@ class PromptFormatter:
         enc = self.tok(text, add_special_tokens=self.prompt_format == "text", return_offsets_mapping=True)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
-    def format(self, request: str, tools: list[Tool]) -> Formatted:
-        text, req_start = self.render(request, tools)
+    def format(self, request: str, tools: list[Tool], after: str = "", thinking: bool | None = None) -> Formatted:
+        """``request`` formatted with ``tools``; ``after``: text that continues the prompt before the call
+        prefix (the reasoning of a thinking reply, closed by ``</think>``, which implies ``thinking``)."""
+        text, req_start = self.render(request, tools, thinking=bool(after) if thinking is None else thinking)
+        text += after
         ids, offsets = self.encode(text)
         # Shared prefix: every token that ends before the request text starts.
         prefix_len = _count_before(offsets, req_start)
@@ -221,14 +250,18 @@ def _token_span(offsets, c0: int, c1: int) -> tuple[int, int]:
 
 
 def _tool_block_start(text: str) -> int:
-    i = text.find("<tools>")
-    return i if i >= 0 else 0
+    for marker in ("<tools>", "<start_function_declaration>"):
+        i = text.find(marker)
+        if i >= 0:
+            return i
+    return 0
 
 
 def _tool_block_end(text: str, after: int) -> int:
     """Char index just past the tool listing."""
-    i = text.find("</tools>", after)
-    if i >= 0:
-        return i + len("</tools>")
+    for marker in ("</tools>", "<end_function_declaration>"):
+        i = text.find(marker, after)
+        if i >= 0:
+            return i + len(marker)
     i = text.find("\n", after)
     return i + 1 if i >= 0 else after

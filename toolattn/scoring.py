@@ -17,10 +17,16 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .device import model_device
+from .layout import Layout
 from .models import LoadedModel
 from .parsing import reply_decided
 from .prompts import Formatted, PromptFormatter
 from .tools import Tool
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+STOP_TOKENS = ("</tool_call>", "<|im_end|>", "<end_of_turn>", "<end_function_call>", "<start_function_response>")
 
 
 @dataclass
@@ -48,28 +54,14 @@ def decoder_parts(model):
     return model.model, model.lm_head, getattr(cfg, "final_logit_softcapping", None)
 
 
-def layer_types(model) -> list[str]:
+def layer_types(model) -> list[str]:  # noqa: D103
     cfg = getattr(model.config, "text_config", model.config)
     return list(getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers)
 
 
 def build_masks(model, q_pos, k_pos, k_valid, q_group=None, k_group=None) -> dict:
-    """Boolean attention masks ``[batch, 1, queries, keys]`` per layer type.
-
-    A query may see a key that is valid, not in its future, inside the sliding window for
-    sliding layers, and in the shared context (group 0) or its own group (packed candidates).
-    """
-    cfg = getattr(model.config, "text_config", model.config)
-    allowed = k_valid[:, None, :] & (k_pos[:, None, :] <= q_pos[:, :, None])
-    if q_group is not None:
-        allowed &= (k_group[:, None, :] == 0) | (k_group[:, None, :] == q_group[:, :, None])
-    masks = {}
-    for kind in set(layer_types(model)):
-        m = allowed
-        if kind == "sliding_attention":
-            m = m & ((q_pos[:, :, None] - k_pos[:, None, :]) < cfg.sliding_window)
-        masks[kind] = m[:, None]
-    return masks
+    """Boolean attention masks ``[batch, 1, queries, keys]`` per layer type (see ``Layout.masks``)."""
+    return Layout(q_pos, k_pos, k_valid, q_group, k_group).masks(model)
 
 
 class PrefixCache:
@@ -80,13 +72,12 @@ class PrefixCache:
 
         self.ids = ids
         decoder, _, _ = decoder_parts(model)
-        n = len(ids)
+        device = model_device(model)
         cache = DynamicCache()
-        pos = torch.arange(n)[None]
-        masks = build_masks(model, pos, pos, torch.ones(1, n, dtype=torch.bool))
+        lay = Layout.span(0, length=len(ids), device=device)
         with torch.inference_mode():
-            decoder(input_ids=torch.tensor([ids]), attention_mask=masks, position_ids=pos,
-                    past_key_values=cache, use_cache=True)
+            decoder(input_ids=torch.tensor([ids], device=device), attention_mask=lay.masks(model),
+                    position_ids=lay.q_pos, past_key_values=cache, use_cache=True)
         self.kv = [(layer.keys, layer.values) for layer in cache.layers]  # each [1, kv_heads, n, head_dim]
 
     def expand(self, batch: int):
@@ -110,6 +101,7 @@ class ToolChoiceEngine:
         (``"tool_block"``), so that interventions on every query after the tool block see all of them."""
         self.lm = lm
         self.model = lm.model
+        self.device = model_device(lm.model)  # every tensor of a call is created here
         self.formatter = PromptFormatter.for_model(lm)
         self.batch_size = batch_size
         self.progress = progress
@@ -120,26 +112,31 @@ class ToolChoiceEngine:
         self.stop_when_decided = True  # end a reply once its parsed call cannot change
 
     def prefix(self, tools: list[Tool], sample: Formatted) -> PrefixCache:
-        key = tuple(t.name for t in tools)
+        n = sample.prefix_len if self.prefix_end == "shared" else sample.tool_block_end
+        key = tuple(sample.input_ids[:n])
         if self._prefix_key != key:
-            n = sample.prefix_len if self.prefix_end == "shared" else sample.tool_block_end
             self._prefix = PrefixCache(self.model, sample.input_ids[:n])
             self._prefix_key = key
         return self._prefix
 
-    def format(self, requests: list[str], tools: list[Tool]) -> list[Formatted]:
-        return [self.formatter.format(r, tools) for r in requests]
+    def format(self, requests: list[str], tools: list[Tool], after: list[str] | None = None,
+               thinking: bool | None = None) -> list[Formatted]:
+        """Formatted prompts; ``after``: per request, reasoning that continues the prompt (thinking on)."""
+        after = after or [""] * len(requests)
+        return [self.formatter.format(r, tools, a, thinking) for r, a in zip(requests, after)]
 
     # -- forced choice and P(tool) -------------------------------------------------------------
 
-    def score(self, requests: list[str], tools: list[Tool], desc: str = "scoring", forward_kwargs=None) -> list[Choice]:
+    def score(self, requests: list[str], tools: list[Tool], desc: str = "scoring", forward_kwargs=None,
+              after: list[str] | None = None) -> list[Choice]:
         """Forced choice and P(tool) for each request.
 
         ``forward_kwargs(batch: list[Formatted], prefix_len: int) -> dict`` may add keyword arguments to
         each batch's decoder call; transformers hands them to the attention function of every layer
-        (this is how attention capture and knockout see the query rows of a batch).
+        (this is how attention capture and knockout see the query rows of a batch). ``after``: per request,
+        the reasoning of a thinking reply (``think``); the decision is then read after ``</think>``.
         """
-        formatted = self.format(requests, tools)
+        formatted = self.format(requests, tools, after)
         prefix = self.prefix(tools, formatted[0])
         cands = [self.formatter.candidate_ids(formatted[0], t.name) for t in tools]
         open_ids = self.formatter.call_open_ids()
@@ -163,118 +160,143 @@ class ToolChoiceEngine:
         S = max(len(s) for s in suffixes)
         packed = [(c, k) for c, ids in enumerate(cands) for k in range(len(ids) - 1)]
         T = len(packed)
-        inp = torch.zeros(B, S + T, dtype=torch.long)
-        q_pos = torch.zeros(B, S + T, dtype=torch.long)
-        q_valid = torch.zeros(B, S + T, dtype=torch.bool)
-        q_group = torch.zeros(B, S + T, dtype=torch.long)
-        for b, s in enumerate(suffixes):
-            n = len(s)
-            inp[b, :n] = torch.tensor(s)
-            q_pos[b, :S] = P + torch.arange(S)
-            q_valid[b, :n] = True
-            for j, (c, k) in enumerate(packed):
-                inp[b, S + j] = cands[c][k]
-                q_pos[b, S + j] = P + n + k  # candidate token k sits right after the call prefix
-                q_group[b, S + j] = c + 1
-            q_valid[b, S:] = True
-        k_pos = torch.cat([torch.arange(P).expand(B, P), q_pos], 1)
-        k_valid = torch.cat([torch.ones(B, P, dtype=torch.bool), q_valid], 1)
-        k_group = torch.cat([torch.zeros(B, P, dtype=torch.long), q_group], 1)
-        masks = build_masks(self.model, q_pos, k_pos, k_valid, q_group, k_group)
+        # Built as lists, moved to the model's device once.
+        names = [cands[c][k] for c, k in packed]
+        groups = [c + 1 for c, _ in packed]
+        inp = [s + [0] * (S - len(s)) + names for s in suffixes]
+        q_pos = [[P + i for i in range(S)] + [P + len(s) + k for _, k in packed] for s in suffixes]  # candidate
+        q_valid = [[True] * len(s) + [False] * (S - len(s)) + [True] * T for s in suffixes]  # token k sits right
+        q_group = [[0] * S + groups] * B  # after the call prefix
+        device = self.device
+        lay = Layout.after(P, torch.tensor(q_pos, device=device), torch.tensor(q_valid, device=device),
+                           torch.tensor(q_group, device=device))
 
         decoder, head, softcap = decoder_parts(self.model)
         with torch.inference_mode():
-            h = decoder(input_ids=inp, attention_mask=masks, position_ids=q_pos,
-                        past_key_values=prefix.expand(B), use_cache=True, **(extra or {})).last_hidden_state
-            reply = torch.tensor([f.reply_position - P for f in batch])
-            decision = torch.tensor([f.decision_position - P for f in batch])
-            rows = torch.arange(B)
+            h = decoder(input_ids=torch.tensor(inp, device=device), attention_mask=lay.masks(self.model),
+                        position_ids=lay.q_pos, past_key_values=prefix.expand(B), use_cache=True,
+                        **(extra or {})).last_hidden_state
+            reply = torch.tensor([f.reply_position - P for f in batch], device=device)
+            decision = torch.tensor([f.decision_position - P for f in batch], device=device)
+            rows = torch.arange(B, device=device)
             read = torch.cat([h[rows, reply][:, None], h[rows, decision][:, None], h[:, S:]], 1)  # [B, 2+T, H]
-            logits = head(read).float()
+            logits = head(read).float()  # float32 from here on, whatever the weights' dtype
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
             logp = torch.log_softmax(logits, -1)
-        probs = logp[:, 0].exp()
-        p_tool = probs[:, open_ids].sum(-1)
-        probs[:, open_ids] = 0
-        p_other = probs.max(-1).values
-        scores = logp[:, 1, [c[0] for c in cands]].clone()  # first name token, [B, C]
-        for j, (c, k) in enumerate(packed):
-            scores[:, c] += logp[:, 2 + j, cands[c][k + 1]]
+            probs = logp[:, 0].exp()
+            p_tool = probs[:, open_ids].sum(-1)
+            probs[:, open_ids] = 0
+            p_other = probs.max(-1).values
+            scores = logp[:, 1, [c[0] for c in cands]].clone()  # first name token, [B, C]
+            for j, (c, k) in enumerate(packed):
+                scores[:, c] += logp[:, 2 + j, cands[c][k + 1]]
+        scores, p_tool, p_other = scores.cpu(), p_tool.cpu(), p_other.cpu()
         return [Choice(f.text, {t.name: float(scores[b, i]) for i, t in enumerate(tools)}, float(p_tool[b]),
                        float(p_other[b])) for b, f in enumerate(batch)]
 
     # -- free generation -----------------------------------------------------------------------
 
     def generate(self, requests: list[str], tools: list[Tool], max_new_tokens: int = 32,
-                 desc: str = "generating", return_ids: bool = False) -> list[str] | list[list[int]]:
-        """Greedy continuations of the prompts (without the call prefix), decoded to text (or token ids)."""
-        formatted = self.format(requests, tools)
+                 desc: str = "generating", return_ids: bool = False, after: list[str] | None = None,
+                 thinking: bool | None = None, stop_ids: set[int] | None = None) -> list[str] | list[list[int]]:
+        """Greedy continuations of the prompts (without the call prefix), decoded to text (or token ids).
+
+        ``thinking=True``: the prompt leaves thinking on; ``stop_ids``: end at these tokens instead of the
+        usual ones (and do not end a reply early once its call is decided)."""
+        formatted = self.format(requests, tools, after, thinking)
         prefix = self.prefix(tools, formatted[0])
-        stop = {i for i in [self.lm.tokenizer.eos_token_id] if i is not None}
-        stop |= {self.lm.tokenizer.convert_tokens_to_ids(t) for t in ["</tool_call>", "<|im_end|>", "<end_of_turn>"]
-                 if t in self.lm.tokenizer.get_vocab()}
+        stop = self.stop_ids() if stop_ids is None else stop_ids
+        decided, self.stop_when_decided = self.stop_when_decided, self.stop_when_decided and stop_ids is None
         texts: list = []
         bar = tqdm(total=len(formatted), desc=desc, unit="req", disable=not self.progress)
-        for b0 in range(0, len(formatted), self.batch_size):
-            batch = formatted[b0 : b0 + self.batch_size]
-            texts += self._generate_batch(batch, prefix, max_new_tokens, stop)
-            bar.update(len(batch))
+        try:
+            for b0 in range(0, len(formatted), self.batch_size):
+                batch = formatted[b0 : b0 + self.batch_size]
+                texts += self._generate_batch(batch, prefix, max_new_tokens, stop)
+                bar.update(len(batch))
+        finally:
+            self.stop_when_decided = decided
         bar.close()
         return texts if return_ids else [self.lm.tokenizer.decode(t, skip_special_tokens=False) for t in texts]
+
+    def think(self, requests: list[str], tools: list[Tool], max_new_tokens: int = 256,
+              desc: str = "thinking") -> list[dict]:
+        """Thinking on: the greedy reasoning of each request, up to ``</think>`` or ``max_new_tokens``.
+
+        Returns per request ``{"after": text that continues the prompt, closed by "</think>\n\n" (added when
+        the budget ran out), "tokens": reasoning tokens generated, "closed": whether the model closed it}``;
+        pass the ``after`` texts to ``score``/``generate`` to read the decision after ``</think>``.
+        """
+        tok = self.lm.tokenizer
+        close = THINK_CLOSE
+        stop = {tok.convert_tokens_to_ids(close)} if close in tok.get_vocab() else set()
+        stop |= {i for i in [tok.eos_token_id] if i is not None}
+        ids = self.generate(requests, tools, max_new_tokens, desc=desc, return_ids=True, thinking=True, stop_ids=stop)
+        out = []
+        for seq in ids:
+            text = tok.decode(seq, skip_special_tokens=False)
+            closed = close in text
+            body = text.split(close)[0].rstrip("\n") if closed else text.rstrip("\n")
+            if not body.lstrip().startswith(THINK_OPEN):
+                body = THINK_OPEN + "\n" + body.lstrip("\n")
+            out.append({"after": body + "\n" + close + "\n\n", "tokens": len(seq), "closed": closed})
+        return out
+
+    def stop_ids(self) -> set[int]:
+        """Tokens that end a reply: end of sequence or turn, the end of a call, and (FunctionGemma) the start
+        of a function response, which only the application writes."""
+        tok = self.lm.tokenizer
+        vocab = tok.get_vocab()
+        stop = {i for i in [tok.eos_token_id] if i is not None}
+        return stop | {vocab[t] for t in STOP_TOKENS if t in vocab}
 
     def _generate_batch(self, batch, prefix: PrefixCache, max_new: int, stop: set) -> list[str]:
         P, B = len(prefix), len(batch)
         suffixes = [f.input_ids[P : f.prompt_len] for f in batch]
         S = max(len(s) for s in suffixes)
-        inp = torch.zeros(B, S, dtype=torch.long)
-        q_valid = torch.zeros(B, S, dtype=torch.bool)
-        for b, s in enumerate(suffixes):
-            inp[b, : len(s)] = torch.tensor(s)
-            q_valid[b, : len(s)] = True
-        q_pos = (P + torch.arange(S)).expand(B, S).clone()
-        k_pos = torch.cat([torch.arange(P).expand(B, P), q_pos], 1)
-        k_valid = torch.cat([torch.ones(B, P, dtype=torch.bool), q_valid], 1)
-        lengths = torch.tensor([len(s) for s in suffixes])
+        device = self.device
+        inp = torch.tensor([s + [0] * (S - len(s)) for s in suffixes], device=device)
+        lay = Layout.span(P, torch.tensor([[True] * len(s) + [False] * (S - len(s)) for s in suffixes],
+                                          device=device))
+        lengths = torch.tensor([len(s) for s in suffixes], device=device)
         decoder, head, _ = decoder_parts(self.model)
         cache = prefix.expand(B)
         out = [[] for _ in range(B)]
-        done = torch.zeros(B, dtype=torch.bool)
+        done = [False] * B
         with torch.inference_mode():
-            h = decoder(input_ids=inp, attention_mask=build_masks(self.model, q_pos, k_pos, k_valid),
-                        position_ids=q_pos, past_key_values=cache, use_cache=True).last_hidden_state
-            last = h[torch.arange(B), lengths - 1]
+            h = decoder(input_ids=inp, attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
+                        past_key_values=cache, use_cache=True).last_hidden_state
+            last = h[torch.arange(B, device=device), lengths - 1]
             for step in range(max_new):
-                nxt = head(last).argmax(-1)
-                for b in range(B):
+                nxt = head(last).float().argmax(-1)
+                for b, t in enumerate(nxt.tolist()):
                     if not done[b]:
-                        out[b].append(int(nxt[b]))
-                        done[b] = int(nxt[b]) in stop or (self.stop_when_decided and reply_decided(
+                        out[b].append(t)
+                        done[b] = t in stop or (self.stop_when_decided and reply_decided(
                             self.lm.tokenizer.decode(out[b], skip_special_tokens=False)))
-                if bool(done.all()) or step == max_new - 1:
+                if all(done) or step == max_new - 1:
                     break
-                pos = (P + lengths + step)[:, None]
-                k_pos = torch.cat([k_pos, pos], 1)
-                k_valid = torch.cat([k_valid, torch.ones(B, 1, dtype=torch.bool)], 1)
-                h = decoder(input_ids=nxt[:, None], attention_mask=build_masks(self.model, pos, k_pos, k_valid),
-                            position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+                lay = lay.extend((P + lengths + step)[:, None])
+                h = decoder(input_ids=nxt[:, None], attention_mask=lay.masks(self.model),
+                            position_ids=lay.q_pos, past_key_values=cache, use_cache=True).last_hidden_state
                 last = h[:, 0]
         return out
 
 
-def naive_choice(lm: LoadedModel, request: str, tools: list[Tool]) -> Choice:
+def naive_choice(lm: LoadedModel, request: str, tools: list[Tool], after: str = "") -> Choice:
     """Reference: one full forward per candidate over the whole prompt (no cache, default masks)."""
     fm = PromptFormatter.for_model(lm)
-    f = fm.format(request, tools)
+    f = fm.format(request, tools, after)
     logprobs = {}
     with torch.inference_mode():
         p_tool = None
         for t in tools:
             ids = f.input_ids + fm.candidate_ids(f, t.name)
-            logits = lm.model(input_ids=torch.tensor([ids])).logits[0].float()
+            logits = lm.model(input_ids=torch.tensor([ids], device=model_device(lm.model))).logits[0].float()
             logp = torch.log_softmax(logits, -1)
             n = len(f.input_ids)
-            logprobs[t.name] = float(sum(logp[i - 1, ids[i]] for i in range(n, len(ids))))
+            logprobs[t.name] = float(sum(float(logp[i - 1, ids[i]]) for i in range(n, len(ids))))
             if p_tool is None:
                 p_tool = float(logp[f.reply_position, fm.call_open_ids()].exp().sum())
     return Choice(f.text, logprobs, p_tool)

@@ -1,0 +1,56 @@
+"""`accelerate launch --num_processes 2` splits an analysis's chunks between processes and gives the same
+result.json as one process (CPU, a tiny model)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from toolattn import paths
+
+
+def baseline(art, launcher: list[str]) -> dict:
+    env = {**os.environ, "TOOLATTN_ARTIFACTS": str(art), "OMP_NUM_THREADS": "1", "TOOLATTN_DEVICE": "cpu"}
+    cmd = launcher + ["-m", "analyses.baseline", "--profile", "fast", "--model", "tiny-qwen2"]
+    out = subprocess.run(cmd, cwd=paths.ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    d = art / "fast" / "tiny-qwen2" / "baseline"
+    result = json.loads((d / "result.json").read_text())
+    result["metrics"].pop("seconds_per_request")  # a timing, not a result
+    return {"result": result, "requests": (d / "requests.csv").read_text(),
+            "chunks": sorted(p.name for p in (d / "chunks").iterdir()),
+            "manifest": json.loads((d / "manifest.json").read_text())}
+
+
+def test_two_processes_give_the_same_result(tmp_path):
+    pytest.importorskip("accelerate")
+    one = baseline(tmp_path / "one", [sys.executable])
+    two = baseline(tmp_path / "two", [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
+                                      "--cpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"])
+    assert len(two["chunks"]) == 2 and two["chunks"] == one["chunks"]
+    assert two["result"] == one["result"] and two["requests"] == one["requests"]
+    assert two["manifest"]["device"] == "cpu"
+
+
+def test_share_is_contiguous_and_complete(monkeypatch):
+    from toolattn import parallel
+
+    names = [f"chunk-{i:04d}" for i in range(5)]
+    assert parallel.my_share(names) == names  # one process: everything
+    parts = []
+    for rank in range(2):
+        class State:
+            process_index, num_processes = rank, 2
+
+            def split_between_processes(self, items):
+                from accelerate import PartialState  # noqa: F401  (the real one needs a process group)
+                import contextlib
+                k = -(-len(items) // 2)
+                return contextlib.nullcontext(items[rank * k : (rank + 1) * k])
+
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setattr("accelerate.PartialState", State)
+        parts.append(parallel.my_share(names))
+    assert parts[0] + parts[1] == names and parts[0] and parts[1]
