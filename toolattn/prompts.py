@@ -164,9 +164,15 @@ class PromptFormatter:
             text = self.tok.apply_chat_template(
                 messages, tools=[t.schema() for t in tools],
                 add_generation_prompt=True, tokenize=False, enable_thinking=thinking)
+            # the request is the last one before the generation prompt (which may hold it as a substring:
+            # "hi" in Qwen3's "<think>")
+            turns = self.tok.apply_chat_template(messages, tools=[t.schema() for t in tools],
+                                                 add_generation_prompt=False, tokenize=False, enable_thinking=thinking)
+            end = len(turns) if text.startswith(turns) else len(text)
         else:
             text = self.text_prompt(request, tools)
-        start = text.rfind(request)
+            end = len(text)
+        start = text.rfind(request, 0, end)
         if start < 0:
             raise ValueError(f"request text not found in the rendered prompt: {request!r}")
         return text, start
