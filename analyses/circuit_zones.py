@@ -200,8 +200,11 @@ def flip_rate(clean: np.ndarray, patched: np.ndarray, partner: np.ndarray) -> di
 
 
 def change_rate(clean: np.ndarray, patched: np.ndarray, partner: np.ndarray) -> dict:
-    """Among all directed pairs, the share of recipients whose decision changes (the same-class null)."""
+    """The same-class null: among directed pairs whose clean decisions agree, the share of recipients
+    whose decision changes all the same (the patch carries no other decision, so ~0 unless patching
+    itself disrupts the model)."""
     r = np.flatnonzero(partner >= 0)
+    r = r[clean[partner[r]] == clean[r]]
     return proportion(patched[r] != clean[r])
 
 

@@ -229,6 +229,9 @@ def test_pairs_and_flip_rates():
     rnd = random_pairs(5, seed=0)
     assert sorted(rnd) == list(range(5)) and all(rnd != np.arange(5))
     assert change_rate(clean, clean, same)["value"] == 0.0
+    disagree = np.array([True, False, False, False, True])  # request 1 decided against its class
+    counted = [i for i in range(5) if disagree[same[i]] == disagree[i]]  # pairs decided alike only
+    assert change_rate(disagree, ~disagree, same)["n"] == len(counted) < 5
 
 
 def test_zone_rules_on_planted_effects():
