@@ -259,23 +259,36 @@ def test_zone_rules_on_planted_effects():
 def test_zone_rules_fire_at_most_at_alpha_on_null_data():
     """No layer has any effect: the compute rule (Holm over 18 layers) and the control rule (flip rate
     equal to its null) label some layer in at most ~alpha of simulated studies."""
-    from toolattn.stats import paired_difference
+    from toolattn.stats import mcnemar_exact
 
     rng = np.random.default_rng(0)
     fired_compute = fired_control = 0
-    sims, layers, n = 300, 18, 40
+    sims, layers, n = 400, 18, 40
     for _ in range(sims):
         clean = rng.random(n) < 0.8
         drops, dnll = {}, {}
         for i in range(layers):  # each request's outcome is redrawn with the clean accuracy: no effect
-            drops[f"L{i}"] = paired_difference(clean, rng.random(n) < 0.8)
+            edited = rng.random(n) < 0.8
+            b, c = int(np.sum(clean & ~edited)), int(np.sum(~clean & edited))
+            drops[f"L{i}"] = {"value": (b - c) / n, "p": mcnemar_exact(b, c)}
             dnll[f"L{i}"] = {"value": 0.0}
         fired_compute += any(compute_layers(drops, dnll, 0.05, 1.0)[0].values())
         rate = 0.6  # flips and null at the same rate
         flips = [{"value": rng.binomial(20, rate) / 20, "n": 20} for _ in range(layers)]
         nulls = [{"value": rng.binomial(40, rate) / 40, "n": 40} for _ in range(layers)]
         fired_control += any(control_layers(flips, nulls, 0.5, 0.05)[0])
-    assert fired_compute / sims <= 0.05 + 0.03 and fired_control / sims <= 0.05 + 0.03
+    assert fired_compute / sims <= 0.05 + 0.025 and fired_control / sims <= 0.05 + 0.025
+
+
+def test_zone_rules_find_a_planted_compute_layer():
+    """One layer of 18 loses 12 of 40 correct decisions: Holm across layers still finds it, and only it."""
+    from toolattn.stats import paired_difference
+
+    clean = np.ones(40, bool)
+    drops = {f"L{i}": paired_difference(clean, clean) for i in range(18)}
+    drops["L5"] = paired_difference(clean, np.r_[np.zeros(12), np.ones(28)].astype(bool))
+    compute, _, p = compute_layers(drops, {k: {"value": 0.0} for k in drops}, 0.05, 1.0)
+    assert [k for k, v in compute.items() if v] == ["L5"] and p["L5"] < 0.05
 
 
 def test_circuit_zones_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):

@@ -62,6 +62,10 @@ def test_holm_and_bh_match_hand_computation():
     p = [0.01, 0.04, 0.03, 0.5]
     # Holm: sorted .01*4, .03*3, .04*2, .5*1 with a running maximum -> .04, .09, .09, .5
     assert np.allclose(holm(p), [0.04, 0.09, 0.09, 0.5])
+    from statsmodels.stats.multitest import multipletests
+
+    q = np.random.default_rng(0).random(30) ** 3
+    assert np.allclose(holm(q), multipletests(q, method="holm")[1])
     # BH: .01*4/1=.04, .03*4/2=.06, .04*4/3=.0533, .5; then the running minimum from the top
     assert np.allclose(benjamini_hochberg(p), [0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.5])
 

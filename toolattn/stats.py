@@ -133,8 +133,12 @@ def benjamini_hochberg(pvalues) -> np.ndarray:
 
 
 def holm(pvalues) -> np.ndarray:
-    """Holm-adjusted p-values across a family (layers): statsmodels' multipletests."""
-    from statsmodels.stats.multitest import multipletests
-
+    """Holm-adjusted p-values across a family (layers): the k-th smallest p times (m - k + 1), made
+    monotone and capped at 1 (equal to statsmodels' ``multipletests(method="holm")``, which costs
+    ~50 ms a call; the null simulations call it thousands of times)."""
     p = np.asarray(pvalues, float)
-    return multipletests(p, method="holm")[1] if len(p) else p
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]), 1.0)
+    out = np.empty_like(p)
+    out[order] = adjusted
+    return out
