@@ -4,7 +4,7 @@ Method. The 10 core tools are declared in the model's own format. For every requ
 (a) the forced choice -- the candidate tool name with the highest summed token log-probability
 after the model's call prefix; (b) P(tool) -- the probability that the first reply token opens a
 call; (c) the model's free greedy reply, parsed for the tool it calls. We report forced-choice
-and generation accuracy on tool requests (per tool and overall, 95% bootstrap CIs), their
+and generation accuracy on tool requests (per tool and overall, 95% Wilson intervals), their
 agreement, tool / no-tool accuracy (the greedy first token opens a call -- P(tool) exceeds every
 other first token; P(tool) > 0.5; and whether the free reply makes a call) with the AUC of P(tool), and the plan's requirement of > 90% forced-choice accuracy.
 

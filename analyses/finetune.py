@@ -7,7 +7,7 @@ and for the base (its few-shot text format), with the same engine: the 10-way fo
 tool requests; the tool / no-tool decision (greedy first reply token: does opening a call beat
 every other token) and the AUC of P(tool); and the free greedy reply -- does it parse as a call of
 a declared tool (call validity), of the gold tool (generation accuracy), with a closed call and
-JSON arguments (well formed; the child's format only). Each with a 95% bootstrap CI. Finally the
+JSON arguments (well formed; the child's format only). Proportions with 95% Wilson intervals, the AUC with a bootstrap CI. Finally the
 weight divergence of child from parent per layer: the relative Frobenius norm of the change of the
 attention and MLP weights.
 """
@@ -159,8 +159,8 @@ def summarise(run: Run, rows: dict, divergence: list[dict], source: dict, names:
     axes[0].set_ylabel("held-out requests")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    run.save_figure("p_tool", fig, f"P(tool) on held-out requests: the base in its few-shot text format (left) and "
-                    f"the tuned child in its chat format (right).")
+    run.save_figure("p_tool", fig, "P(tool) on held-out requests: the base in its few-shot text format (left) and "
+                    "the tuned child in its chat format (right).")
     plt.close(fig)
 
     where = folder.relative_to(paths.ROOT) if folder.is_relative_to(paths.ROOT) else folder

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from toolattn import artifacts, errors, models, paths
+from toolattn import errors, models, paths
 from toolattn.artifacts import Run
 from toolattn.datasets import load_prompts
 from toolattn.models import ModelError, get_spec

@@ -6,7 +6,7 @@ import torch
 
 from toolattn import finetune as ft
 from toolattn.datasets import load_prompts
-from toolattn.models import load_model
+from toolattn.models import LoadedModel, load_model
 from toolattn.parsing import opening, parse_call, reply_decided
 from toolattn.prompts import PromptFormatter
 from toolattn.scoring import ToolChoiceEngine
@@ -99,7 +99,10 @@ def test_checkpoint_round_trip(setup, tmp_path):
     f = PromptFormatter(child.tokenizer, "chat", "gemma3").format("Is it raining in Oslo?", core_tools())
     assert f.text.endswith("<start_of_turn>model\n") and [s.name for s in f.tools] == [t.name for t in core_tools()]
     choices = ToolChoiceEngine(child, progress=False).score(["Is it raining in Oslo?"], core_tools())
-    assert set(choices[0].logprobs) == {t.name for t in core_tools()} and 0 <= choices[0].p_tool <= 1
+    trained = LoadedModel(child.spec, lm.model, child.tokenizer, {})  # the in-memory weights, the child's format
+    before = ToolChoiceEngine(trained, progress=False).score(["Is it raining in Oslo?"], core_tools())
+    assert choices[0].logprobs == pytest.approx(before[0].logprobs, abs=1e-5)  # the saved child scores as trained
+    assert choices[0].p_tool == pytest.approx(before[0].p_tool, abs=1e-6)
 
 
 def test_resume_continues_at_saved_step(setup, tmp_path):

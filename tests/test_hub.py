@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from toolattn import paths
 from toolattn.models import load_model, local_env

@@ -36,10 +36,8 @@ decay, gradient clipping. The run saves its trainable weights, optimizer and ste
 ``save_every`` steps to ``resume-<key>/`` beside the checkpoint, and resumes from there.
 
 Hyperparameters (``[fast.finetune]``, ``[full.finetune]`` in ``profiles.toml``) were set before
-any evaluation and not tuned on held-out requests. One check on a validation subset carved from the
-TRAIN split (4 requests per core tool + 20 no-tool requests, ``select(split="train", n_per_tool=4,
-n_no_tool=20, seed=0)``, the child trained on the rest of the train split) gave 97.5% forced choice
-and 91.7% tool / no-tool accuracy with the fast settings; no setting was changed afterwards.
+any evaluation and are not tuned on held-out requests; choosing them belongs on a validation part of
+the train split.
 
 Checkpoint. ``tuned_checkpoint("gemma-3-270m-tools", profile)``: safetensors, the tokenizer
 with the template, and ``source.json`` (``sha256``: hash of the training examples, the training

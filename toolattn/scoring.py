@@ -11,7 +11,6 @@ computed only at the positions that are read.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
