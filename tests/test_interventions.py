@@ -82,10 +82,10 @@ def mlp_outputs(lm, iv, f, layer) -> torch.Tensor:
     handle = mlp_site(iv.decoder.layers[layer]).register_forward_hook(lambda m, a, out: seen.append(out[0].clone()))
     try:
         with torch.inference_mode():
-            lm.model(input_ids=torch.tensor([f.input_ids[: f.prompt_len]]))
+            lm.model(input_ids=torch.tensor([f.input_ids[: f.prompt_len]], device=lm.model.device))
     finally:
         handle.remove()
-    return seen[0]
+    return seen[0].float().cpu()
 
 
 def test_mean_ablation_uses_the_mean_over_every_prompt_token_and_equals_manual_forward(setup):
@@ -96,7 +96,7 @@ def test_mean_ablation_uses_the_mean_over_every_prompt_token_and_equals_manual_f
     got = iv.ablate_mlp(fs, clean, layer, "mean", "all")
     for i, f in enumerate(fs):
         def mean(module, args, out):
-            return clean.mlp_mean[layer].expand_as(out).clone()
+            return clean.mlp_mean[layer].to(out.device, out.dtype).expand_as(out).clone()
         assert close(torch.stack([got.p_tool[i], got.p_other[i]]), reply_probs(lm, iv, f, layer, mean)), i
 
 
@@ -106,7 +106,8 @@ def test_text_loss_equals_full_forward(setup):
         t0 = f.prefix_len
         t1 = min(iv._text_end[f.text], t0 + iv.nll_tokens + 1)
         with torch.inference_mode():
-            logits = lm.model(input_ids=torch.tensor([f.input_ids[: f.prompt_len]])).logits[0].float()
+            ids = torch.tensor([f.input_ids[: f.prompt_len]], device=lm.model.device)
+            logits = lm.model(input_ids=ids).logits[0].float().cpu()
         ref = torch.nn.functional.cross_entropy(logits[t0 : t1 - 1], torch.tensor(f.input_ids[t0 + 1 : t1]))
         assert torch.allclose(clean.text_nll[i], ref, atol=1e-4), i
     assert bool((iv.ablate_mlp(fs, clean, 0, "zero").text_nll != clean.text_nll).any())
@@ -154,7 +155,7 @@ def test_request_patch_equals_full_recompute_and_self_patch_changes_nothing(setu
     for i, f in enumerate(fs):
         s = fs[source[i]]
         with torch.inference_mode():
-            _, reads = traced_forward(iv.net, [], "all", input_ids=torch.tensor([s.input_ids[: s.prompt_len]]))
+            _, reads = traced_forward(iv.net, [], "all", input_ids=torch.tensor([s.input_ids[: s.prompt_len]], device=iv.device))
         n = min(s.prompt_len, f.prompt_len) - start  # request positions both have, counted back from the reply
         value = torch.zeros(1, f.prompt_len, reads["resid"].shape[-1])
         where = torch.zeros(1, f.prompt_len, dtype=torch.bool)
@@ -162,7 +163,7 @@ def test_request_patch_equals_full_recompute_and_self_patch_changes_nothing(setu
         where[0, f.prompt_len - n :] = True
         with torch.inference_mode():
             h, _ = traced_forward(iv.net, [Edit(layer, "resid", value, where)],
-                                  input_ids=torch.tensor([f.input_ids[: f.prompt_len]]))
+                                  input_ids=torch.tensor([f.input_ids[: f.prompt_len]], device=iv.device))
         assert close(torch.stack(iv.decision(h[:, f.reply_position]))[:, 0], torch.stack([got.p_tool[i], got.p_other[i]]))
 
 
