@@ -501,8 +501,8 @@ def _errorbar(ax, x, rows, key, lo, hi, **kw):
     v = _col(rows, key)
     ok = ~np.isnan(v)
     if ok.any():
-        ax.errorbar(x[ok], v[ok], yerr=[(v - _col(rows, lo))[ok], (_col(rows, hi) - v)[ok]], marker="o", ms=3,
-                    capsize=2, **kw)
+        yerr = np.clip([(v - _col(rows, lo))[ok], (_col(rows, hi) - v)[ok]], 0, None)
+        ax.errorbar(x[ok], v[ok], yerr=yerr, marker="o", ms=3, capsize=2, **kw)
 
 
 def layer_figure(rows, zones, model, cfg):

@@ -15,6 +15,7 @@ def test_wilson_matches_reference_values(k, n, lo, hi):
 
 
 def test_proportion_never_collapses_at_the_edges():
+    assert wilson(40, 40)[1] == 1.0 and wilson(0, 40)[0] == 0.0  # the interval contains k/n exactly
     for x in (np.ones(4), np.zeros(4)):
         m = proportion(x)
         assert m["hi"] - m["lo"] > 0.4 and m["lo"] <= m["value"] <= m["hi"] and m["n"] == 4

@@ -47,7 +47,8 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     from statsmodels.stats.proportion import proportion_confint
 
     lo, hi = proportion_confint(int(k), int(n), alpha=0.05, method="wilson")
-    return max(0.0, float(lo)), min(1.0, float(hi))
+    p = k / n
+    return max(0.0, min(float(lo), p)), min(1.0, max(float(hi), p))  # contains k/n despite rounding at 0 and 1
 
 
 def proportion(successes) -> dict:
