@@ -8,7 +8,8 @@ import torch
 from toolattn.attention import (capture_attention, combine, decision_rows, description_keys, knockout_kwargs,
                                 use_toolattn)
 from toolattn.models import model_dims
-from toolattn.scoring import ToolChoiceEngine, build_masks, layer_types
+from toolattn.layout import Layout
+from toolattn.scoring import ToolChoiceEngine, layer_types
 
 # Prompts exceed the tiny Gemma3 sliding window (32 tokens) many times over, so sliding layers matter.
 REQUESTS = [
@@ -43,8 +44,7 @@ def _eager(lm, f) -> torch.Tensor:
 def full_masks(lm, f, knocked: torch.Tensor | None = None) -> dict:
     """Boolean masks of a full forward; ``knocked [keys]`` removes those keys for queries after the tool block."""
     n = len(f.input_ids)
-    pos = torch.arange(n, device=lm.model.device)[None]
-    masks = build_masks(lm.model, pos, pos, torch.ones(1, n, dtype=torch.bool, device=pos.device))
+    masks = Layout.span(0, length=n, device=lm.model.device).masks(lm.model)
     if knocked is not None:
         for m in masks.values():
             m[0, 0, f.tool_block_end:, : len(knocked)] &= ~knocked.to(m.device)

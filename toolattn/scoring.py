@@ -58,11 +58,6 @@ def layer_types(model) -> list[str]:  # noqa: D103
     return list(getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers)
 
 
-def build_masks(model, q_pos, k_pos, k_valid, q_group=None, k_group=None) -> dict:
-    """Boolean attention masks ``[batch, 1, queries, keys]`` per layer type (see ``Layout.masks``)."""
-    return Layout(q_pos, k_pos, k_valid, q_group, k_group).masks(model)
-
-
 class PrefixCache:
     """Keys/values of the shared tool-block prefix, computed once per tool list."""
 
@@ -301,4 +296,4 @@ def naive_choice(lm: LoadedModel, request: str, tools: list[Tool], after: str = 
     return Choice(f.text, logprobs, p_tool)
 
 
-__all__ = ["Choice", "ToolChoiceEngine", "PrefixCache", "naive_choice", "build_masks"]
+__all__ = ["Choice", "ToolChoiceEngine", "PrefixCache", "naive_choice"]
