@@ -9,10 +9,15 @@ transformers hands to the attention function of every layer:
 * capture -- ``capture=<Capture>``, ``capture_rows=LongTensor [batch, q_sel]`` (query indices
   within the current input): the post-softmax attention of every head for just those query rows,
   over all keys (cached prefix included), ``[batch, heads, q_sel, keys]`` per layer.
-* knockout -- ``knockout_heads=BoolTensor [layers, heads]``, ``knockout_keys=BoolTensor [batch, n]``
-  (key positions, ``n <= keys``; keys past ``n`` are never knocked out) and
-  ``knockout_from=LongTensor [batch]`` (first query index of the current input that is affected):
-  -1e9 is added to the pre-softmax logits of the chosen heads at those keys, for affected queries.
+* knockout -- ``knockout_heads=BoolTensor [layers, heads]`` (or ``[batch, layers, heads]``: a
+  different set per row), ``knockout_keys=BoolTensor [batch, n]`` (key positions, ``n <= keys``; keys
+  past ``n`` are never knocked out) and ``knockout_from=LongTensor [batch]`` (first query index of the
+  current input that is affected): -1e9 is added to the pre-softmax logits of the chosen heads at
+  those keys, for affected queries.
+* attribution -- ``atp_alpha=FloatTensor [layers, heads]`` (a leaf that requires grad) with
+  ``knockout_keys`` / ``knockout_from``: every head's pattern becomes ``A + alpha * (A_ko - A)``,
+  where ``A_ko`` is its exact knocked-out pattern; at ``alpha = 0`` the output is the clean one and
+  ``d output / d alpha[l, h]`` is the attribution-patching estimate of knocking out head ``h``.
 
 Both work through ``ToolChoiceEngine.score(..., forward_kwargs=...)``::
 
@@ -41,7 +46,7 @@ KNOCKOUT_BIAS = -1e9
 
 def toolattn_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                        softcap=None, capture=None, capture_rows=None, knockout_heads=None, knockout_keys=None,
-                       knockout_from=None, **kwargs):
+                       knockout_from=None, atp_alpha=None, **kwargs):
     """One layer's attention: ``query [batch, heads, q, d]``, ``key/value [batch, kv_heads, keys, d]``,
     ``attention_mask`` bool (True = may attend) or additive float ``[batch, 1, q, keys]`` or None (causal).
 
@@ -50,8 +55,19 @@ def toolattn_attention(module, query, key, value, attention_mask, dropout: float
     layer = module.layer_idx
     q, k = query.shape[2], key.shape[2]
     bias = None
-    if knockout_heads is not None and bool(knockout_heads[layer].any()):
-        bias = knockout_bias(knockout_heads[layer], knockout_keys, knockout_from, q, k, device=query.device)
+    if atp_alpha is not None:
+        mask = _causal(attention_mask, q, k, query.device)
+        clean = attention_probs(module, query, key, mask, scaling, softcap)  # [batch, heads, q, keys]
+        every = torch.ones(query.shape[1], dtype=torch.bool, device=query.device)
+        knocked = attention_probs(module, query, key, mask, scaling, softcap,
+                                  knockout_bias(every, knockout_keys, knockout_from, q, k, device=query.device))
+        probs = clean + atp_alpha[layer].to(query.device)[None, :, None, None] * (knocked - clean)
+        out = torch.matmul(probs.to(value.dtype), repeat_kv(value, module.num_key_value_groups))
+        return out.transpose(1, 2).contiguous(), None
+    if knockout_heads is not None:
+        heads = knockout_heads[layer] if knockout_heads.dim() == 2 else knockout_heads[:, layer]
+        if bool(heads.any()):
+            bias = knockout_bias(heads, knockout_keys, knockout_from, q, k, device=query.device)
     if bias is None and softcap is None:
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                         scaling=scaling, **kwargs)
@@ -90,15 +106,17 @@ def attention_probs(module, query, key, attention_mask, scaling=None, softcap=No
 
 def knockout_bias(heads, keys, start, q: int, k: int, device=None) -> torch.Tensor:
     """Additive float32 logits ``[batch, heads, q, keys]`` on ``device`` (default: that of ``keys``):
-    -1e9 where the head is knocked out, the key is in ``keys [batch, n]`` and the query index is at or
-    after ``start [batch]``."""
+    -1e9 where the head is knocked out (``heads [heads]``, or ``[batch, heads]`` per row), the key is in
+    ``keys [batch, n]`` and the query index is at or after ``start [batch]``."""
     device = keys.device if device is None else device
     keys = keys.to(device)
     batch = keys.shape[0]
     key_mask = torch.zeros(batch, k, dtype=torch.bool, device=device)
     key_mask[:, : keys.shape[1]] = keys[:, :k]
     query_mask = torch.arange(q, device=device)[None, :] >= start.to(device)[:, None]  # [batch, q]
-    hit = heads.to(device)[None, :, None, None] & query_mask[:, None, :, None] & key_mask[:, None, None, :]
+    heads = heads.to(device)
+    heads = heads[None] if heads.dim() == 1 else heads  # [batch or 1, heads]
+    hit = heads[:, :, None, None] & query_mask[:, None, :, None] & key_mask[:, None, None, :]
     return hit.float() * KNOCKOUT_BIAS
 
 
@@ -212,6 +230,28 @@ def description_keys(batch: list[Formatted]) -> torch.Tensor:
     return keys
 
 
+def span_keys(batch: list[Formatted]) -> torch.Tensor:
+    """Every tool's name and description tokens, ``[batch, tool_block_end]`` bool."""
+    keys = description_keys(batch)
+    for b, f in enumerate(batch):
+        for t in f.tools:
+            keys[b, t.name_span[0] : t.name_span[1]] = True
+    return keys
+
+
+def block_keys(batch: list[Formatted]) -> torch.Tensor:
+    """The whole tool listing, from the first tool's first token to the end of the tool block,
+    ``[batch, tool_block_end]`` bool."""
+    n = max(f.tool_block_end for f in batch)
+    keys = torch.zeros(len(batch), n, dtype=torch.bool)
+    for b, f in enumerate(batch):
+        keys[b, min(t.span[0] for t in f.tools) : f.tool_block_end] = True
+    return keys
+
+
+KEYS = {"desc": description_keys, "span": span_keys, "block": block_keys}
+
+
 def knockout_kwargs(heads: torch.Tensor, keys_fn=description_keys):
     """``forward_kwargs`` that knock out ``heads [layers, heads]`` (bool) toward ``keys_fn(batch)``
     (``[batch, n]`` bool key positions) for every query at or after the tool block end."""
@@ -229,4 +269,4 @@ def combine(*fns):
 
 
 __all__ = ["toolattn_attention", "attention_probs", "use_toolattn", "capture_attention", "Capture",
-           "decision_rows", "description_keys", "knockout_kwargs", "combine", "register"]
+           "decision_rows", "description_keys", "span_keys", "block_keys", "KEYS", "knockout_kwargs", "combine", "register"]

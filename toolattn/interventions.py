@@ -50,7 +50,7 @@ from .device import model_device, to_numpy_ready
 from .layout import Layout
 from .models import LoadedModel
 from .prompts import Formatted, PromptFormatter
-from .scoring import PrefixCache, decoder_parts
+from .scoring import PrefixCache, decoder_parts, kv_cache
 from .tools import Tool
 
 SITES = ("resid", "mlp")
@@ -138,18 +138,6 @@ def traced_forward(net, edits: list[Edit] = (), read_at=None, skip: dict | None 
     if not reading:
         return h, None
     return h, {"emb": reads["emb"], "resid": torch.stack(reads["resid"]), "mlp": torch.stack(reads["mlp"])}
-
-
-def kv_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int | None = None):
-    """A fresh ``DynamicCache`` holding ``kv`` (per layer ``[1 or batch, kv_heads, keys, head_dim]``)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    for i, (k, v) in enumerate(kv):
-        if batch is not None:
-            k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
-        cache.update(k, v, i)
-    return cache
 
 
 @dataclass

@@ -58,6 +58,35 @@ def layer_types(model) -> list[str]:  # noqa: D103
     return list(getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers)
 
 
+def kv_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int | None = None):
+    """A fresh ``DynamicCache`` holding ``kv`` (per layer ``[1 or batch, kv_heads, keys, head_dim]``, expanded
+    to ``batch`` rows without a copy; the first update of a layer makes its new tensor)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(kv):
+        if batch is not None:
+            k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+        cache.update(k[..., :0, :], v[..., :0, :], i)  # initialise the layer, then hold the tensors as they
+        cache.layers[i].keys, cache.layers[i].values = k, v  # are (an expanded view is not copied)
+    return cache
+
+
+@dataclass
+class Packed:
+    """``ToolChoiceEngine.pack``'s input of one batch: ``ids [batch, S + T]`` (S request-suffix columns,
+    right-padded, then T packed candidate tokens), its ``layout``, the ``(candidate, token)`` of each
+    packed column, the candidates' token ids, and the ``reply`` / ``decision`` index of each row."""
+
+    ids: torch.Tensor
+    layout: Layout
+    S: int
+    packed: list[tuple[int, int]]
+    cands: list[list[int]]
+    reply: torch.Tensor
+    decision: torch.Tensor
+
+
 class PrefixCache:
     """Keys/values of the shared tool-block prefix, computed once per tool list."""
 
@@ -76,12 +105,7 @@ class PrefixCache:
 
     def expand(self, batch: int):
         """A fresh cache holding the prefix for ``batch`` rows."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        for i, (k, v) in enumerate(self.kv):
-            cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), i)
-        return cache
+        return kv_cache(self.kv, batch)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -146,10 +170,25 @@ class ToolChoiceEngine:
 
     def _score_batch(self, batch: list[Formatted], prefix: PrefixCache, tools, cands, open_ids,
                      extra: dict | None = None) -> list[Choice]:
-        P, B = len(prefix), len(batch)
         for f in batch:
-            if f.input_ids[:P] != prefix.ids:
+            if f.input_ids[: len(prefix)] != prefix.ids:
                 raise ValueError("a request does not share the tool-block prefix; format them with the same tool list")
+        packed = self.pack(batch, len(prefix), cands)
+        decoder, _, _ = decoder_parts(self.model)
+        with torch.inference_mode():
+            h = decoder(input_ids=packed.ids, attention_mask=packed.layout.masks(self.model),
+                        position_ids=packed.layout.q_pos, past_key_values=prefix.expand(len(batch)), use_cache=True,
+                        **(extra or {})).last_hidden_state
+            scores, p_tool, p_other = self.read(h, packed, open_ids)
+        scores, p_tool, p_other = scores.cpu(), p_tool.cpu(), p_other.cpu()
+        return [Choice(f.text, {t.name: float(scores[b, i]) for i, t in enumerate(tools)}, float(p_tool[b]),
+                       float(p_other[b])) for b, f in enumerate(batch)]
+
+    def pack(self, batch: list[Formatted], P: int, cands: list[list[int]]) -> "Packed":
+        """The input of one batch after a cached prefix of ``P`` tokens: ``[request suffix (right-padded) |
+        every candidate's name tokens but the last, packed]`` with its ``Layout`` (a candidate's tokens see
+        the shared keys and their own earlier tokens only)."""
+        B = len(batch)
         suffixes = [f.input_ids[P:] for f in batch]
         S = max(len(s) for s in suffixes)
         packed = [(c, k) for c, ids in enumerate(cands) for k in range(len(ids) - 1)]
@@ -164,30 +203,36 @@ class ToolChoiceEngine:
         device = self.device
         lay = Layout.after(P, torch.tensor(q_pos, device=device), torch.tensor(q_valid, device=device),
                            torch.tensor(q_group, device=device))
+        return Packed(torch.tensor(inp, device=device), lay, S, packed, cands,
+                      torch.tensor([f.reply_position - P for f in batch], device=device),
+                      torch.tensor([f.decision_position - P for f in batch], device=device))
 
-        decoder, head, softcap = decoder_parts(self.model)
-        with torch.inference_mode():
-            h = decoder(input_ids=torch.tensor(inp, device=device), attention_mask=lay.masks(self.model),
-                        position_ids=lay.q_pos, past_key_values=prefix.expand(B), use_cache=True,
-                        **(extra or {})).last_hidden_state
-            reply = torch.tensor([f.reply_position - P for f in batch], device=device)
-            decision = torch.tensor([f.decision_position - P for f in batch], device=device)
-            rows = torch.arange(B, device=device)
-            read = torch.cat([h[rows, reply][:, None], h[rows, decision][:, None], h[:, S:]], 1)  # [B, 2+T, H]
-            logits = head(read).float()  # float32 from here on, whatever the weights' dtype
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            logp = torch.log_softmax(logits, -1)
+    def read(self, h: torch.Tensor, packed: "Packed", open_ids: list[int] | None = None):
+        """``(scores [batch, candidates], p_tool [batch], p_other [batch])`` from the final hidden states
+        ``h [batch, q, hidden]`` of ``pack``'s input (rows may repeat the batch: ``batch = k * len(packed)``);
+        float32 on the model's device; ``open_ids=None`` reads only the candidate scores."""
+        _, head, softcap = decoder_parts(self.model)
+        B, S, cands = h.shape[0], packed.S, packed.cands
+        reply, decision = packed.reply.repeat(B // len(packed.reply)), packed.decision.repeat(B // len(packed.reply))
+        rows = torch.arange(B, device=h.device)
+        first = [] if open_ids is None else [h[rows, reply][:, None]]
+        read = torch.cat(first + [h[rows, decision][:, None], h[:, S:]], 1)  # [B, (1)+1+T, H]
+        logits = head(read).float()  # float32 from here on, whatever the weights' dtype
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        logp = torch.log_softmax(logits, -1)
+        if open_ids is not None:
             probs = logp[:, 0].exp()
             p_tool = probs[:, open_ids].sum(-1)
             probs[:, open_ids] = 0
             p_other = probs.max(-1).values
-            scores = logp[:, 1, [c[0] for c in cands]].clone()  # first name token, [B, C]
-            for j, (c, k) in enumerate(packed):
-                scores[:, c] += logp[:, 2 + j, cands[c][k + 1]]
-        scores, p_tool, p_other = scores.cpu(), p_tool.cpu(), p_other.cpu()
-        return [Choice(f.text, {t.name: float(scores[b, i]) for i, t in enumerate(tools)}, float(p_tool[b]),
-                       float(p_other[b])) for b, f in enumerate(batch)]
+            logp = logp[:, 1:]
+        else:
+            p_tool = p_other = None
+        scores = logp[:, 0, [c[0] for c in cands]].clone()  # first name token, [B, C]
+        for j, (c, k) in enumerate(packed.packed):
+            scores[:, c] = scores[:, c] + logp[:, 1 + j, cands[c][k + 1]]
+        return scores, p_tool, p_other
 
     # -- free generation -----------------------------------------------------------------------
 
@@ -296,4 +341,4 @@ def naive_choice(lm: LoadedModel, request: str, tools: list[Tool], after: str = 
     return Choice(f.text, logprobs, p_tool)
 
 
-__all__ = ["Choice", "ToolChoiceEngine", "PrefixCache", "naive_choice"]
+__all__ = ["Choice", "ToolChoiceEngine", "PrefixCache", "Packed", "kv_cache", "naive_choice"]
