@@ -85,6 +85,10 @@ def test_key_variants(tiny, tools):
     cond = conditions(tiny)[3:4]
     ref = engine_reference(tiny, tools, cond[0], span_keys)
     assert torch.allclose(ko.run(cond)[0], ref[:3], atol=1e-4)
+    # a runner sharing the tool block of another, knocking out at other keys per call
+    again = HeadKnockout(tiny, tools, REQUESTS[:3], GOLD[:3], batch_size=2, share=ko)
+    assert again.tool_kv is ko.tool_kv
+    assert torch.allclose(again.run(cond, keys="span")[0], ref[:3], atol=1e-4)
     with pytest.raises(ValueError, match="unknown knockout keys"):
         HeadKnockout(tiny, tools, REQUESTS[:1], GOLD[:1], keys="names")
 

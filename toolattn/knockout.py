@@ -23,9 +23,8 @@ candidate names), D hidden size, N candidate tools.
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nnsight
 import numpy as np
@@ -51,9 +50,16 @@ def margin(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
 @dataclass
 class _Batch:
     index: list[int]  # positions of its requests in the list given
+    formatted: list
     packed: Packed
     resid: torch.Tensor  # clean output of every layer, [L, B, Q, D]
-    keys: torch.Tensor  # knocked-out key positions, [B, T] bool
+    _keys: dict = field(default_factory=dict)
+
+    def keys(self, kind: str, device) -> torch.Tensor:
+        """Knocked-out key positions, ``[B, T]`` bool (``kind``: desc, span or block)."""
+        if kind not in self._keys:
+            self._keys[kind] = KEYS[kind](self.formatted).to(device)
+        return self._keys[kind]
 
 
 class HeadKnockout:
@@ -62,12 +68,14 @@ class HeadKnockout:
     >>> ko = HeadKnockout(lm, tools, requests, gold)       # clean run: ko.clean_scores [n, N]
     >>> scores = ko.run(heads)                              # heads [C, L, H] bool -> [C, n, N]
     >>> est = ko.atp()                                      # {"atp": [L, H], ...} mean change of the margin
+
+    ``keys`` (desc, span or block) is the default of ``run``/``atp``; ``share``: a runner on the same
+    tool list whose tool block and shared tail are reused (not computed again).
     """
 
     def __init__(self, lm: LoadedModel, tools: list[Tool], requests: list[str], gold: list[str],
-                 keys: str = "desc", batch_size: int = 16, max_rows: int = 64):
-        if keys not in KEYS:
-            raise ValueError(f"unknown knockout keys {keys!r}; use one of {sorted(KEYS)}")
+                 keys: str = "desc", batch_size: int = 16, max_rows: int = 64, share: "HeadKnockout | None" = None):
+        _check_keys(keys)
         self.lm, self.tools, self.keys, self.max_rows = lm, tools, keys, max_rows
         self.model = lm.model
         self.device = model_device(lm.model)
@@ -87,16 +95,20 @@ class HeadKnockout:
                 raise ValueError("requests do not share their prefix; format them with the same tool list")
         self.n_layers = len(self.decoder.layers)
         self.cands = [self.engine.formatter.candidate_ids(f0, t.name) for t in tools]
-        self.tool_kv = PrefixCache(self.model, f0.input_ids[: self.T]).kv  # per layer [1, kv, T, d]
+        self.prefix_ids = f0.input_ids[: self.P]
         self.tail_ids = torch.tensor([f0.input_ids[self.T : self.P]], device=self.device)  # [1, S]
         self.tail_layout = Layout.span(self.T, length=self.P - self.T, device=self.device)
-        with torch.inference_mode(), use_toolattn(self.model):
-            cache = kv_cache(self.tool_kv, 1)
-            _, reads = traced_forward(self.net, [], "all", input_ids=self.tail_ids,
-                                      attention_mask=self.tail_layout.masks(self.model),
-                                      position_ids=self.tail_layout.q_pos, past_key_values=cache, use_cache=True)
-        self.tail_resid = reads["resid"]  # [L, 1, S, D]
-        self.shared_kv = [(layer.keys, layer.values) for layer in cache.layers]  # [1, kv, P, d]
+        if share is not None and share.prefix_ids == self.prefix_ids and share.T == self.T:
+            self.tool_kv, self.tail_resid, self.shared_kv = share.tool_kv, share.tail_resid, share.shared_kv
+        else:
+            self.tool_kv = PrefixCache(self.model, f0.input_ids[: self.T]).kv  # per layer [1, kv, T, d]
+            with torch.inference_mode(), use_toolattn(self.model):
+                cache = kv_cache(self.tool_kv, 1)
+                _, reads = traced_forward(self.net, [], "all", input_ids=self.tail_ids,
+                                          attention_mask=self.tail_layout.masks(self.model),
+                                          position_ids=self.tail_layout.q_pos, past_key_values=cache, use_cache=True)
+            self.tail_resid = reads["resid"]  # [L, 1, S, D]
+            self.shared_kv = [(layer.keys, layer.values) for layer in cache.layers]  # [1, kv, P, d]
         self.batches, scores = [], []
         order = sorted(range(len(fs)), key=lambda i: len(fs[i].input_ids))
         for b0 in range(0, len(fs), batch_size):
@@ -109,7 +121,7 @@ class HeadKnockout:
                                           position_ids=packed.layout.q_pos,
                                           past_key_values=kv_cache(self.shared_kv, len(part)), use_cache=True)
                 scores.append(self.engine.read(h, packed)[0])
-            self.batches.append(_Batch(index, packed, reads["resid"], KEYS[keys](part).to(self.device)))
+            self.batches.append(_Batch(index, part, packed, reads["resid"]))
         self.clean_scores = self._in_order(scores)  # [n, N]
 
     def __len__(self) -> int:
@@ -122,10 +134,11 @@ class HeadKnockout:
 
     # -- knockout ------------------------------------------------------------------------------
 
-    def run(self, heads: torch.Tensor, progress=None) -> torch.Tensor:
+    def run(self, heads: torch.Tensor, keys: str | None = None, progress=None) -> torch.Tensor:
         """Scores ``[C, n, N]`` (CPU float32) with the heads of each condition ``heads [C, L, H]`` knocked
-        out. Conditions are run in groups of similar lowest layer, ``max_rows`` rows per pass.
-        ``progress(done, total)`` is called after each group."""
+        out at ``keys`` (default: the runner's). Conditions are run in groups of similar lowest layer,
+        ``max_rows`` rows per pass. ``progress(done, total)`` is called after each group."""
+        keys = _check_keys(keys or self.keys)
         heads = torch.as_tensor(heads, dtype=torch.bool)
         C = heads.shape[0]
         if C == 0:
@@ -137,19 +150,18 @@ class HeadKnockout:
         out = torch.zeros(C, len(self), len(self.tools))
         for g0 in range(0, C, per_pass):
             idx = order[g0 : g0 + per_pass]
-            out[idx] = self._run_group(heads[idx], int(lowest[idx].min()))
+            out[idx] = self._run_group(heads[idx], int(lowest[idx].min()), keys)
             if progress:
                 progress(min(g0 + per_pass, C), C)
         return out
 
-    def _run_group(self, heads: torch.Tensor, below: int) -> torch.Tensor:
+    def _run_group(self, heads: torch.Tensor, below: int, keys: str) -> torch.Tensor:
         """``heads [C, L, H]``, none below layer ``below`` -> scores ``[C, n, N]``."""
         C, dev = heads.shape[0], self.device
         if below >= self.n_layers:  # nothing knocked out
             return self.clean_scores[None].expand(C, -1, -1).clone()
         heads = heads.to(dev)
-        S = self.P - self.T
-        tail_keys = self.batches[0].keys[:1].expand(C, -1)  # the tool block is the same in every request
+        tail_keys = self.batches[0].keys(keys, dev)[:1].expand(C, -1)  # the tool block is the same in every request
         with torch.inference_mode(), use_toolattn(self.model):
             # the shared tail, once per condition
             cache = kv_cache(self.tool_kv, C)
@@ -179,18 +191,19 @@ class HeadKnockout:
                     input_ids=b.packed.ids.repeat(C, 1),
                     attention_mask={k: m.repeat(C, 1, 1, 1) for k, m in lay.masks(self.model).items()},
                     position_ids=lay.q_pos.repeat(C, 1), past_key_values=kv_cache(kv), use_cache=True,
-                    knockout_heads=heads.repeat_interleave(B, 0), knockout_keys=b.keys.repeat(C, 1),
+                    knockout_heads=heads.repeat_interleave(B, 0), knockout_keys=b.keys(keys, dev).repeat(C, 1),
                     knockout_from=torch.zeros(C * B, dtype=torch.long, device=dev))
                 scores.append(self.engine.read(h, b.packed)[0].reshape(C, B, -1))
         return self._in_order(scores, 1)
 
     # -- attribution patching ------------------------------------------------------------------
 
-    def atp(self, graddrop: int = 0) -> dict:
+    def atp(self, graddrop: int = 0, keys: str | None = None) -> dict:
         """Attribution-patching estimates of every head's knockout effect on the margin (gold minus best
         other), averaged over the requests: ``{"atp": [L, H], "graddrop": [L, H] or None, "groups":
         [[layers of group g], ...]}`` (numpy). ``graddrop``: number of contiguous layer groups whose
         gradient is dropped in turn (``L`` = every layer, as in AtP*; 0 = none)."""
+        keys = _check_keys(keys or self.keys)
         L, H = self.n_layers, self.model.config.num_attention_heads
         groups = [g.tolist() for g in np.array_split(np.arange(L), min(graddrop, L))] if graddrop >= 2 else []
         alpha = torch.zeros(L, H, device=self.device, dtype=torch.float32, requires_grad=True)
@@ -201,7 +214,7 @@ class HeadKnockout:
         try:
             with torch.enable_grad(), use_toolattn(self.model):
                 for b in self.batches:
-                    total = margin(self._interpolated(b, alpha), self.gold[b.index].to(self.device)).sum()
+                    total = margin(self._interpolated(b, alpha, keys), self.gold[b.index].to(self.device)).sum()
                     for v, drop in enumerate([()] + groups):
                         state["drop"] = tuple(drop)
                         g, = torch.autograd.grad(total, alpha, retain_graph=v < len(groups))
@@ -218,27 +231,35 @@ class HeadKnockout:
         return {"atp": est, "graddrop": gd, "groups": groups}
 
 
-    def _interpolated(self, b: _Batch, alpha: torch.Tensor) -> torch.Tensor:
+    def _interpolated(self, b: _Batch, alpha: torch.Tensor, keys: str) -> torch.Tensor:
         """Scores ``[B, N]`` of batch ``b`` with every head's pattern ``A + alpha[l, h] * (A_ko - A)``
         (``alpha [L, H]``; one-hot 1 is the knockout of that head); inside ``use_toolattn``."""
         B, zeros = len(b.index), torch.zeros(len(b.index), dtype=torch.long, device=self.device)
         cache = kv_cache(self.tool_kv, 1)
         lay = self.tail_layout
         self.decoder(input_ids=self.tail_ids, attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
-                     past_key_values=cache, use_cache=True, atp_alpha=alpha, knockout_keys=b.keys[:1],
+                     past_key_values=cache, use_cache=True, atp_alpha=alpha, knockout_keys=b.keys(keys, self.device)[:1],
                      knockout_from=zeros[:1])
         kv = [(layer.keys, layer.values) for layer in cache.layers]  # [1, kv, P, d], with their graph
         lay = b.packed.layout
         h = self.decoder(input_ids=b.packed.ids, attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
-                         past_key_values=kv_cache(kv, B), use_cache=True, atp_alpha=alpha, knockout_keys=b.keys,
+                         past_key_values=kv_cache(kv, B), use_cache=True, atp_alpha=alpha,
+                         knockout_keys=b.keys(keys, self.device),
                          knockout_from=zeros).last_hidden_state
         return self.engine.read(h, b.packed)[0]
 
-    def interpolated(self, alpha: torch.Tensor) -> torch.Tensor:
+    def interpolated(self, alpha: torch.Tensor, keys: str | None = None) -> torch.Tensor:
         """Scores ``[n, N]`` (CPU float32) with every head's pattern moved ``alpha [L, H]`` of the way to
         its knocked-out pattern (what AtP differentiates)."""
         with torch.inference_mode(), use_toolattn(self.model):
-            return self._in_order([self._interpolated(b, alpha.to(self.device)) for b in self.batches])
+            return self._in_order([self._interpolated(b, alpha.to(self.device), _check_keys(keys or self.keys))
+                                   for b in self.batches])
+
+
+def _check_keys(keys: str) -> str:
+    if keys not in KEYS:
+        raise ValueError(f"unknown knockout keys {keys!r}; use one of {sorted(KEYS)}")
+    return keys
 
 
 class _Gate(torch.autograd.Function):

@@ -17,8 +17,10 @@ from toolattn.artifacts import load_result
 PROFILE = "fast"
 # Accuracies are ratios of counts and CIs use a seeded bootstrap: exact up to float formatting.
 # Attention statistics and probe scores are float32 sums: pinned to 1e-5.
+# Knockout margins are sums of float32 log-probabilities over batched passes: pinned to 1e-4 nats.
 TOLERANCE = {"baseline": dict(atol=1e-6, rtol=0), "retrieval_heads": dict(atol=1e-5, rtol=0),
-             "finetune": dict(atol=1e-5, rtol=0), "circuit_zones": dict(atol=1e-5, rtol=0)}
+             "finetune": dict(atol=1e-5, rtol=0), "circuit_zones": dict(atol=1e-5, rtol=0),
+             "head_knockout": dict(atol=1e-4, rtol=0)}
 # analysis -> (models, metric paths in result.json; a {value, lo, hi, n} metric pins all four)
 PINS = {
     "baseline": (["qwen2.5-coder-1.5b", "gemma-3-270m"], [
@@ -30,6 +32,11 @@ PINS = {
         "top_heads.0.mass_on_chosen", "top_heads.0.lexical.no_overlap.corr", "top_heads.9.corr", "n_confirmed",
         "max_corr", "n_significant", "best_top1_rate", "mean_entropy_bits", "mean_tool_block_share",
         "top_heads_positive_corr_share", "lexical_strata.overlap.n", "tool_span_tokens_mean"]),
+    "head_knockout": (["qwen2.5-coder-1.5b"], [
+        "clean_accuracy", "n_essential", "max_head_drop", "top_heads.0.drop", "top_heads.0.margin_change",
+        "top_heads.1.margin_change", "top10_joint_drop", "joint.margin_change", "random10_drop_p95",
+        "joint_empirical_p", "random_singles.drop_p95", "random_singles.margin_change_mean", "variants.block.drop",
+        "replacements.joint.n", "atp_spearman", "atp_top20_overlap", "atp.spearman_in_layers", "atp.mean_abs_error"]),
     "finetune": (["gemma-3-270m-tools"], [
         "forced_choice_accuracy", "tool_no_tool_accuracy", "generation_call_validity", "p_tool_auc",
         "base_forced_choice_accuracy", "base_tool_no_tool_accuracy", "final_loss", "weight_divergence_argmax_layer"]),
