@@ -93,42 +93,48 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
               f"{UPSTREAM}/result.json": sha256_file(up_dir / "result.json"),
               f"{UPSTREAM}/requests.csv": sha256_file(up_dir / "requests.csv"), **lm.files}
     with Run(profile, model, "head_knockout", cfg, inputs, seed=cfg["seed"]) as run:
-        sim = np.array(run.chunk("similarity", lambda: tool_similarity(lm, list(core.values())).tolist()))
-        core_index = {n: i for i, n in enumerate(core)}
-        parts, runners = [], {}
-        for o, part in by_order.items():
-            if not part:
-                continue
-            texts, gold = [prompts[r["id"]].text for r in part], [r["gold"] for r in part]
+        runners = {}
 
-            def runner(o=o, texts=texts, gold=gold):
-                if o not in runners:
-                    runners[o] = HeadKnockout(lm, orders[o], texts, gold, batch_size=cfg["batch_size"],
-                                              max_rows=cfg["max_rows"])
-                return runners[o]
+        def runner(o):
+            if o not in runners:
+                part = by_order[o]
+                runners[o] = HeadKnockout(lm, orders[o], [prompts[r["id"]].text for r in part],
+                                          [r["gold"] for r in part], batch_size=cfg["batch_size"],
+                                          max_rows=cfg["max_rows"])
+            return runners[o]
 
-            def compute(o=o, runner=runner):
-                t0 = time.time()
-                ko = runner()
-                clean_s = time.time() - t0
-                out = {"clean": encode(ko.clean_scores.numpy())}
-                for keys in sorted({c["keys"] for c in conditions}):
-                    sel = [c for c in conditions if c["keys"] == keys]
-                    bar = tqdm(total=len(sel), desc=f"{model} order {o} knockout ({keys})", unit="cond")
-                    t1 = time.time()
-                    scores = ko.run(torch.stack([c["heads"] for c in sel]), keys=keys,
-                                    progress=lambda done, total: bar.update(done - bar.n))
-                    bar.close()
-                    out.update({c["name"]: encode(s.numpy()) for c, s in zip(sel, scores)})
-                    out[f"seconds:{keys}"] = time.time() - t1
-                out["seconds:clean"] = clean_s
-                return out
+        def compute(name):
+            o = int(name.split("-")[1])
+            t0 = time.time()
+            ko = runner(o)
+            clean_s = time.time() - t0
+            out = {"clean": encode(ko.clean_scores.numpy())}
+            for keys in sorted({c["keys"] for c in conditions}):
+                sel = [c for c in conditions if c["keys"] == keys]
+                bar = tqdm(total=len(sel), desc=f"{model} order {o} knockout ({keys})", unit="cond")
+                t1 = time.time()
+                scores = ko.run(torch.stack([c["heads"] for c in sel]), keys=keys,
+                                progress=lambda done, total: bar.update(done - bar.n))
+                bar.close()
+                out.update({c["name"]: encode(s.numpy()) for c, s in zip(sel, scores)})
+                out[f"seconds:{keys}"] = time.time() - t1
+            out["seconds:clean"] = clean_s
+            return out
 
-            done = run.chunk(f"order-{o:02d}", compute)
+        # One chunk per tool order (split between the processes of `accelerate launch`, if any).
+        chunk_names = [f"order-{o:02d}" for o, part in by_order.items() if part]
+        chunks = run.chunks(chunk_names, compute)
+        if chunks is None:
+            return  # a helper process: its chunks are written
+        parts = []
+        for name, done in zip(chunk_names, chunks):
+            o = int(name.split("-")[1])
             for key in [k for k in done if k.startswith("seconds:")]:
                 run.timing("knockout_s" if key != "seconds:clean" else "clean_s", done[key])
-            parts.append({"order": o, "tools": orders[o], "rows": part, "clean": decode(done["clean"]),
+            parts.append({"order": o, "tools": orders[o], "rows": by_order[o], "clean": decode(done["clean"]),
                           "scores": {c["name"]: decode(done[c["name"]]) for c in conditions}})
+        sim = np.array(run.chunk("similarity", lambda: tool_similarity(lm, list(core.values())).tolist()))
+        core_index = {n: i for i, n in enumerate(core)}
 
         # Attribution patching and exhaustive knockout on the first order's first requests.
         o0 = min(by_order)

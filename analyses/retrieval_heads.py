@@ -85,26 +85,32 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
               **lm.files}
     with Run(profile, model, "retrieval_heads", cfg, inputs, seed=cfg["seed"]) as run:
         rows, parts, span_tokens, seconds, nbytes = [], [], [], 0.0, 0
-        for o, perm in enumerate(orders):
-            part = [i for i in range(len(requests)) if order_of[i] == o]
-            if not part:
-                continue
-            tools = [core[i] for i in perm]
+        members = {o: [i for i in range(len(requests)) if order_of[i] == o] for o in range(len(orders))}
+
+        def compute(name):
+            o = int(name.split("-")[1])
+            part, tools = members[o], [core[i] for i in orders[o]]
+            sample = engine.formatter.format(requests[part[0]].text, tools)
+            t0 = time.time()
+            with capture_attention(lm.model) as cap:
+                choices = engine.score([requests[i].text for i in part], tools, desc=f"{model} order {o}",
+                                       forward_kwargs=cap.kwargs_for(decision_rows))
+            masses = tool_masses(cap.weights, sample, names)
+            return {"seconds": time.time() - t0, "capture_bytes": cap.nbytes,
+                    "chosen": [c.choice for c in choices], "masses": {k: encode(v) for k, v in masses.items()}}
+
+        # One chunk per order (split between the processes of `accelerate launch`, if any).
+        chunk_names = [f"order-{o:02d}" for o in range(len(orders)) if members[o]]
+        chunks = run.chunks(chunk_names, compute)
+        if chunks is None:
+            return  # a helper process: its chunks are written
+        for name, done in zip(chunk_names, chunks):
+            o = int(name.split("-")[1])
+            part, tools = members[o], [core[i] for i in orders[o]]
             # The tool block is part of the shared prefix: one prefix and one set of spans per order.
             sample = engine.formatter.format(requests[part[0]].text, tools)
             span_tokens += [s.name_span[1] - s.name_span[0] + s.description_span[1] - s.description_span[0]
                             for s in sample.tools]
-
-            def compute(part=part, tools=tools, sample=sample, o=o):
-                t0 = time.time()
-                with capture_attention(lm.model) as cap:
-                    choices = engine.score([requests[i].text for i in part], tools, desc=f"{model} order {o}",
-                                           forward_kwargs=cap.kwargs_for(decision_rows))
-                masses = tool_masses(cap.weights, sample, names)
-                return {"seconds": time.time() - t0, "capture_bytes": cap.nbytes,
-                        "chosen": [c.choice for c in choices], "masses": {k: encode(v) for k, v in masses.items()}}
-
-            done = run.chunk(f"order-{o:02d}", compute)
             rows += [{"id": requests[i].id, "gold": gold[i], "chosen": c, "order": o, "half": HALVES[half_of[i]],
                       "lexical_overlap": bool(content_words(requests[i].text) & tool_words[gold[i]])}
                      for i, c in zip(part, done["chosen"])]
