@@ -279,6 +279,62 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
         decides = clean.decides_tool.numpy()
         run.timing("clean_s", time.time() - t)
 
+        # Ablation and patching, one chunk per layer (split between the processes of `accelerate launch`).
+        sub = np.arange(len(requests)) if not cfg["ablation_requests"] else ablation_subset(needs, cfg)
+        fs_sub = [fs[i] for i in sub]
+        clean_sub = None
+        partners = {"cross": pairs(needs, cfg["seed"]), "same_class": same_class_pairs(needs, cfg["seed"]),
+                    "random": random_pairs(len(needs), cfg["seed"])}
+        src = {k: np.where(v >= 0, v, np.arange(len(v))) for k, v in partners.items()}  # unpaired: themselves
+
+        def ablate(layer):
+            nonlocal clean_sub
+            if clean_sub is None:
+                clean_sub = iv.clean(fs_sub) if len(sub) < len(requests) else clean
+            out = {}
+            for i, (kind, scope) in enumerate(ABLATIONS):  # the loss check on the primary reading only
+                r = iv.ablate_mlp(fs_sub, clean_sub, layer, kind, scope, nll=i == 0)
+                out[f"{kind}:{scope}"] = {"p_tool": r.p_tool.tolist(), "decides_tool": r.decides_tool.tolist(),
+                                          "text_nll": None if r.text_nll is None else r.text_nll.tolist()}
+            return out
+
+        def patch(layer):
+            out = {}
+            for site in SITES:
+                acts_site = clean.resid[layer] if site == "resid" else clean.mlp[layer]
+                out[site] = iv.patch_decision(fs, clean, layer, site, acts_site[src["cross"]]).decides_tool.tolist()
+            for kind in ("same_class", "random"):
+                out[kind] = iv.patch_decision(fs, clean, layer, "resid",
+                                              clean.resid[layer][src[kind]]).decides_tool.tolist()
+            if layer % cfg["patch_whole_every"] == 0:
+                out["whole"] = iv.patch_request(fs, clean, layer, src["cross"]).decides_tool.tolist()
+            return out
+
+        ablated = list(range(0, iv.layers, cfg["ablation_every"]))
+        names = [f"ablation-L{layer:02d}" for layer in ablated] + [f"patching-L{layer:02d}" for layer in range(iv.layers)]
+        bar = tqdm(total=len(names), desc=f"{model} ablation and patching", unit="layer")
+        timed = {"ablation": 0.0, "patching": 0.0}
+
+        def compute(name):
+            kind, layer = name.split("-L")
+            t0 = time.time()
+            out = (ablate if kind == "ablation" else patch)(int(layer))
+            timed[kind] += time.time() - t0
+            bar.update(1)
+            return out
+
+        chunks = run.chunks(names, compute)
+        bar.close()
+        if chunks is None:
+            return  # a helper process: its chunks are written
+        done = dict(zip(names, chunks))
+        ablation = {layer: done[f"ablation-L{layer:02d}"] for layer in ablated}
+        patching = {layer: done[f"patching-L{layer:02d}"] for layer in range(iv.layers)}
+        run.timing("ablation_s", timed["ablation"])
+        run.timing("patching_s", timed["patching"])
+        if clean_sub is None:
+            clean_sub = iv.clean(fs_sub) if len(sub) < len(requests) else clean
+
         t = time.time()
         replies = run.chunk("generation", lambda: ToolChoiceEngine(lm, cfg["batch_size"], progress=False).generate(
             [r.text for r in requests], tools, max_new_tokens=cfg["max_new_tokens"]))
@@ -297,42 +353,6 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
         request_emb = probe(clean.request_emb.numpy(), needs.astype(int), cfg["cv_folds"], cfg["seed"],
                             cfg["n_shuffles"])
         run.timing("probes_s", time.time() - t)
-
-        t = time.time()
-        sub = np.arange(len(requests)) if not cfg["ablation_requests"] else ablation_subset(needs, cfg)
-        fs_sub = [fs[i] for i in sub]
-        clean_sub = iv.clean(fs_sub) if len(sub) < len(requests) else clean
-        ablation = {}
-        for layer in tqdm(range(0, iv.layers, cfg["ablation_every"]), desc=f"{model} MLP ablation", unit="layer"):
-            def compute(layer=layer):
-                out = {}
-                for i, (kind, scope) in enumerate(ABLATIONS):  # the loss check on the primary reading only
-                    r = iv.ablate_mlp(fs_sub, clean_sub, layer, kind, scope, nll=i == 0)
-                    out[f"{kind}:{scope}"] = {"p_tool": r.p_tool.tolist(), "decides_tool": r.decides_tool.tolist(),
-                                              "text_nll": None if r.text_nll is None else r.text_nll.tolist()}
-                return out
-            ablation[layer] = run.chunk(f"ablation-L{layer:02d}", compute)
-        run.timing("ablation_s", time.time() - t)
-
-        t = time.time()
-        partners = {"cross": pairs(needs, cfg["seed"]), "same_class": same_class_pairs(needs, cfg["seed"]),
-                    "random": random_pairs(len(needs), cfg["seed"])}
-        src = {k: np.where(v >= 0, v, np.arange(len(v))) for k, v in partners.items()}  # unpaired: themselves
-        patching = {}
-        for layer in tqdm(range(iv.layers), desc=f"{model} patching", unit="layer"):
-            def compute(layer=layer):
-                out = {}
-                for site in SITES:
-                    acts_site = clean.resid[layer] if site == "resid" else clean.mlp[layer]
-                    out[site] = iv.patch_decision(fs, clean, layer, site, acts_site[src["cross"]]).decides_tool.tolist()
-                for kind in ("same_class", "random"):
-                    out[kind] = iv.patch_decision(fs, clean, layer, "resid",
-                                                  clean.resid[layer][src[kind]]).decides_tool.tolist()
-                if layer % cfg["patch_whole_every"] == 0:
-                    out["whole"] = iv.patch_request(fs, clean, layer, src["cross"]).decides_tool.tolist()
-                return out
-            patching[layer] = run.chunk(f"patching-L{layer:02d}", compute)
-        run.timing("patching_s", time.time() - t)
 
         summarise(run, cfg, requests, needs, decides, made_call, clean, probes, request_emb, sub, clean_sub,
                   ablation, partners, patching, iv.layers)

@@ -47,6 +47,16 @@ def test_retrieval_heads_and_knockout_split_by_tool_order(tmp_path):
         assert two["result"] == one["result"], name
 
 
+def test_circuit_zones_split_by_layer(tmp_path):
+    """The circuit zones split their ablated and patched layers between two processes."""
+    pytest.importorskip("accelerate")
+    one = analysis(tmp_path / "one", [sys.executable], "circuit_zones")
+    two = analysis(tmp_path / "two", TWO, "circuit_zones")
+    layers = [c for c in two["chunks"] if c.startswith(("ablation-", "patching-"))]
+    assert len(layers) >= 4 and two["chunks"] == one["chunks"]
+    assert two["result"] == one["result"]
+
+
 def test_share_is_contiguous_and_complete(monkeypatch):
     from toolattn import parallel
 
