@@ -22,6 +22,14 @@ def tools():
     return core_tools()
 
 
+@pytest.fixture(scope="session")
+def catalog_tools():
+    """The whole 50-tool catalog, core tools first."""
+    from toolattn.tools import load_catalog
+
+    return load_catalog()
+
+
 @pytest.fixture(scope="session", params=TINY)
 def tiny(request):
     """Each tiny random model (Qwen2, Qwen3, Gemma3 with sliding-window layers)."""

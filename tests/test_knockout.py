@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from toolattn.attention import knockout_kwargs, span_keys, use_toolattn
-from toolattn.knockout import HeadKnockout, full_prompt_scores, margin
+from toolattn.knockout import HeadKnockout, certified, full_prompt_scores, margin
 from toolattn.models import model_dims
 from toolattn.scoring import ToolChoiceEngine
 
@@ -91,6 +91,27 @@ def test_key_variants(tiny, tools):
     assert torch.allclose(again.run(cond, keys="span")[0], ref[:3], atol=1e-4)
     with pytest.raises(ValueError, match="unknown knockout keys"):
         HeadKnockout(tiny, tools, REQUESTS[:1], GOLD[:1], keys="names")
+
+
+def test_partial_candidates_under_knockout(runs, tiny, tools):
+    """Scoring only some candidates in full: those equal the full runner under every condition, the others
+    are upper bounds, and ``certified`` is true exactly where the best two of the full scores are the best
+    two overall."""
+    only = [{g, "read_file"} for g in GOLD]
+    ko = HeadKnockout(tiny, tools, REQUESTS, GOLD, batch_size=2, max_rows=6, only=only, share=runs)
+    cond = conditions(tiny)
+    full, part = runs.run(cond), ko.run(cond)
+    exact = ko.exact
+    assert exact.shape == (len(REQUESTS), len(tools)) and exact.sum(1).min() >= 2
+    for i, names in enumerate(only):
+        assert {tools[j].name for j in range(len(tools)) if exact[i, j]} >= names
+    assert torch.allclose(part[:, exact], full[:, exact], atol=1e-4)
+    assert (part[:, ~exact] >= full[:, ~exact] - 1e-4).all()
+    ok = certified(part, exact)
+    top2 = full.topk(2, -1).indices
+    truth = exact.expand_as(full).gather(-1, top2).all(-1)  # the true best two were scored in full
+    assert (ok <= truth).all()  # certified implies exact
+    assert torch.equal(ok[0], certified(ko.clean_scores, exact))
 
 
 def test_atp_interpolation_and_derivative(runs, tiny, tools):

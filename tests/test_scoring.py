@@ -46,3 +46,36 @@ def test_prefix_mismatch_is_an_error(tiny, tools):
     prefix = engine.prefix(tools, fs[0])
     with pytest.raises(ValueError, match="prefix"):
         engine._score_batch(fs, prefix, tools, [[1]] * len(tools), [0])
+
+
+def test_partial_scoring_gives_exact_scores_and_upper_bounds(tiny, tools):
+    """Candidates scored in full equal the full engine; the others carry their first-token log-probability,
+    which is never below their full score."""
+    engine = ToolChoiceEngine(tiny, batch_size=2, progress=False)
+    ref = engine.score(REQUESTS, tools)
+    only = [tools[3].name, tools[7].name]
+    got = engine.score(REQUESTS, tools, only=only)
+    for r, g in zip(ref, got):
+        assert sorted(g.logprobs) == sorted(only) and set(g.bounds) == {t.name for t in tools} - set(only)
+        for name in only:
+            assert abs(g.logprobs[name] - r.logprobs[name]) < 1e-4
+        for name, bound in g.bounds.items():
+            assert bound >= r.logprobs[name] - 1e-4
+        assert g.certified == (max(g.bounds.values()) < max(g.logprobs.values()))
+        assert abs(g.p_tool - r.p_tool) < 1e-4
+
+
+@pytest.mark.parametrize("slack", [0.0, 4.0])
+def test_choose_equals_full_forced_choice(tiny, catalog_tools, slack):
+    """On the 50-tool catalog, pruned forced choice gives the full choice, gold score and best other score
+    (slack 0 leaves the fewest candidates, so certification and the fallback are exercised)."""
+    engine = ToolChoiceEngine(tiny, batch_size=3, progress=False)
+    gold = [t.name for t in catalog_tools[: len(REQUESTS)]]
+    ref = engine.score(REQUESTS, catalog_tools)
+    got = engine.choose(REQUESTS, catalog_tools, gold, slack=slack)
+    for r, g, name in zip(ref, got, gold):
+        assert g.choice == r.choice and g.certified and g.runner_up_certified()
+        assert abs(g.logprobs[name] - r.logprobs[name]) < 1e-4
+        best_other = lambda c: max(v for n, v in c.logprobs.items() if n != name)  # noqa: E731
+        assert abs(best_other(g) - best_other(r)) < 1e-4
+        assert len(g.logprobs) < len(catalog_tools) or engine.fallbacks > 0

@@ -47,6 +47,17 @@ def margin(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     return g - others.max(-1).values
 
 
+def certified(scores: torch.Tensor, exact: torch.Tensor, gold: torch.Tensor | None = None) -> torch.Tensor:
+    """Whether the choice and the margin read from partly scored ``scores [..., N]`` are exact: the best and
+    the second best candidate scored in full (``exact [..., N]`` bool) beat every upper bound left.
+    Returns ``[...]`` bool."""
+    exact = exact.expand(scores.shape)
+    full = scores.masked_fill(~exact, float("-inf"))
+    bound = scores.masked_fill(exact, float("-inf")).max(-1).values
+    second = full.topk(2, -1).values[..., 1]
+    return bound < second
+
+
 @dataclass
 class _Batch:
     index: list[int]  # positions of its requests in the list given
@@ -79,7 +90,8 @@ class HeadKnockout:
     """
 
     def __init__(self, lm: LoadedModel, tools: list[Tool], requests: list[str], gold: list[str],
-                 keys: str = "desc", batch_size: int = 16, max_rows: int = 64, share: "HeadKnockout | None" = None):
+                 keys: str = "desc", batch_size: int = 16, max_rows: int = 64, share: "HeadKnockout | None" = None,
+                 only: list[set[str]] | None = None, prefix_kv: list | None = None):
         _check_keys(keys)
         self.lm, self.tools, self.keys, self.max_rows = lm, tools, keys, max_rows
         self.model = lm.model
@@ -106,7 +118,10 @@ class HeadKnockout:
         if share is not None and share.prefix_ids == self.prefix_ids and share.T == self.T:
             self.tool_kv, self.tail_resid, self.shared_kv = share.tool_kv, share.tail_resid, share.shared_kv
         else:
-            self.tool_kv = PrefixCache(self.model, f0.input_ids[: self.T]).kv  # per layer [1, kv, T, d]
+            # ``prefix_kv``: keys/values already computed for a prefix of these prompts that covers the tool block
+            # (e.g. the engine's); the tool block's part of them is the same computation
+            self.tool_kv = ([(k[:, :, : self.T], v[:, :, : self.T]) for k, v in prefix_kv] if prefix_kv is not None
+                            else PrefixCache(self.model, f0.input_ids[: self.T]).kv)  # per layer [1, kv, T, d]
             with torch.inference_mode(), use_toolattn(self.model):
                 cache = kv_cache(self.tool_kv, 1)
                 _, reads = traced_forward(self.net, [], "all", input_ids=self.tail_ids,
@@ -115,11 +130,15 @@ class HeadKnockout:
             self.tail_resid = reads["resid"]  # [L, 1, S, D]
             self.shared_kv = [(layer.keys, layer.values) for layer in cache.layers]  # [1, kv, P, d]
         self.batches, scores = [], []
-        order = sorted(range(len(fs)), key=lambda i: len(fs[i].input_ids))
+        # ``only``: per request, the candidates scored in full (a batch scores the union of its rows'; the
+        # others get their first-token upper bound, ``self.exact``); requests of one gold tool are batched
+        # together so that the unions stay small.
+        order = sorted(range(len(fs)), key=lambda i: (int(self.gold[i]) if only else 0, len(fs[i].input_ids)))
         for b0 in range(0, len(fs), batch_size):
             index = order[b0 : b0 + batch_size]
             part = [fs[i] for i in index]
-            packed = self.engine.pack(part, self.P, self.cands)
+            full = None if only is None else sorted({names.index(n) for i in index for n in only[i]})
+            packed = self.engine.pack(part, self.P, self.cands, full)
             with torch.inference_mode(), use_toolattn(self.model):
                 h, reads = traced_forward(self.net, [], "all", input_ids=packed.ids,
                                           attention_mask=packed.layout.masks(self.model),
@@ -128,6 +147,7 @@ class HeadKnockout:
                 scores.append(self.engine.read(h, packed)[0])
             self.batches.append(_Batch(index, part, packed, reads["resid"]))
         self.clean_scores = self._in_order(scores)  # [n, N]
+        self.exact = self._in_order([torch.tensor(b.packed.exact).expand(len(b.index), -1) for b in self.batches])
 
     def __len__(self) -> int:
         return len(self.gold)
@@ -335,4 +355,4 @@ def full_prompt_scores(lm: LoadedModel, tools: list[Tool], requests: list[str], 
     return to_numpy_ready(scores), time.time() - t0
 
 
-__all__ = ["HeadKnockout", "margin", "full_prompt_scores"]
+__all__ = ["certified", "HeadKnockout", "margin", "full_prompt_scores"]

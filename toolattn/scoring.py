@@ -11,7 +11,7 @@ computed only at the positions that are read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -33,9 +33,11 @@ class Choice:
     """The engine's reading of one request."""
 
     request: str
-    logprobs: dict[str, float]  # candidate tool -> summed token log-probability of its name
+    logprobs: dict[str, float]  # candidate tool -> summed token log-probability of its name (scored in full)
     p_tool: float  # P(first reply token opens a call)
     p_other: float = 0.0  # the largest probability of any first reply token that does not open a call
+    bounds: dict[str, float] = field(default_factory=dict)  # candidates not scored in full: the log-probability
+    # of their first name token, an upper bound of their full score (every later token adds log p <= 0)
 
     @property
     def decides_tool(self) -> bool:
@@ -44,7 +46,22 @@ class Choice:
 
     @property
     def choice(self) -> str:
+        """The best candidate scored in full (the forced choice when ``certified``)."""
         return max(self.logprobs, key=self.logprobs.get)
+
+    @property
+    def certified(self) -> bool:
+        """The forced choice over every candidate is ``choice``: no candidate left unscored can reach it."""
+        return not self.bounds or (bool(self.logprobs) and max(self.bounds.values()) < self.logprobs[self.choice])
+
+    def runner_up_certified(self) -> bool:
+        """Also the second best over every candidate is scored in full (so margins are exact)."""
+        if not self.bounds:
+            return True
+        if len(self.logprobs) < 2:
+            return False
+        second = sorted(self.logprobs.values())[-2]
+        return max(self.bounds.values()) < second
 
 
 def decoder_parts(model):
@@ -76,7 +93,8 @@ def kv_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int | None = No
 class Packed:
     """``ToolChoiceEngine.pack``'s input of one batch: ``ids [batch, S + T]`` (S request-suffix columns,
     right-padded, then T packed candidate tokens), its ``layout``, the ``(candidate, token)`` of each
-    packed column, the candidates' token ids, and the ``reply`` / ``decision`` index of each row."""
+    packed column, the candidates' token ids, the ``reply`` / ``decision`` index of each row, and which
+    candidates are scored in full."""
 
     ids: torch.Tensor
     layout: Layout
@@ -85,6 +103,7 @@ class Packed:
     cands: list[list[int]]
     reply: torch.Tensor
     decision: torch.Tensor
+    exact: list[bool]  # per candidate: scored in full (else its score is the first-token upper bound)
 
 
 class PrefixCache:
@@ -146,34 +165,74 @@ class ToolChoiceEngine:
     # -- forced choice and P(tool) -------------------------------------------------------------
 
     def score(self, requests: list[str], tools: list[Tool], desc: str = "scoring", forward_kwargs=None,
-              after: list[str] | None = None) -> list[Choice]:
+              after: list[str] | None = None, only: list[str] | None = None) -> list[Choice]:
         """Forced choice and P(tool) for each request.
 
         ``forward_kwargs(batch: list[Formatted], prefix_len: int) -> dict`` may add keyword arguments to
         each batch's decoder call; transformers hands them to the attention function of every layer
         (this is how attention capture and knockout see the query rows of a batch). ``after``: per request,
         the reasoning of a thinking reply (``think``); the decision is then read after ``</think>``.
+        ``only``: score just these candidates in full; every other one gets its first-token log-probability,
+        an upper bound (``Choice.bounds``; ``Choice.certified`` says whether the forced choice is exact).
         """
         formatted = self.format(requests, tools, after)
         prefix = self.prefix(tools, formatted[0])
         cands = [self.formatter.candidate_ids(formatted[0], t.name) for t in tools]
+        names = [t.name for t in tools]
+        unknown = sorted(set(only or []) - set(names))
+        if unknown:
+            raise ValueError(f"candidates {unknown} are not in the tool list {names}")
+        full = None if only is None else [names.index(n) for n in only]
         open_ids = self.formatter.call_open_ids()
         out: list[Choice] = []
         bar = tqdm(total=len(formatted), desc=desc, unit="req", disable=not self.progress)
         for b0 in range(0, len(formatted), self.batch_size):
             batch = formatted[b0 : b0 + self.batch_size]
             extra = forward_kwargs(batch, len(prefix)) if forward_kwargs else {}
-            out += self._score_batch(batch, prefix, tools, cands, open_ids, extra)
+            out += self._score_batch(batch, prefix, tools, cands, open_ids, extra, full)
             bar.update(len(batch))
         bar.close()
         return out
 
+    def choose(self, requests: list[str], tools: list[Tool], gold: list[str] | None = None, desc: str = "choosing",
+               forward_kwargs=None, slack: float = 4.0) -> list[Choice]:
+        """Forced choice on long tool lists, scoring in full only the candidates that can matter.
+
+        A first pass reads every candidate's first-token log-probability (an upper bound of its
+        score) and P(tool), with ``forward_kwargs`` (e.g. attention capture at the decision position,
+        which the packed names cannot change). A second pass scores in full, per group of requests
+        with the same gold tool, the candidates within ``slack`` nats of the best bound, the two best
+        bounds and the gold. A request whose best or second best is then not certified (an unscored
+        candidate could still reach it) is scored again with every candidate. The choice, the gold's
+        score and the best other score equal ``score``'s; ``self.fallbacks`` counts the re-scored requests.
+        """
+        first = self.score(requests, tools, desc, forward_kwargs, only=[])
+        want = []
+        for i, c in enumerate(first):
+            bound = {**c.bounds, **c.logprobs}
+            ranked = sorted(bound, key=bound.get, reverse=True)
+            keep = set(ranked[:2]) | {n for n in ranked if bound[n] >= bound[ranked[0]] - slack}
+            want.append(keep | ({gold[i]} if gold else set()))
+        groups: dict = {}
+        for i in range(len(requests)):
+            groups.setdefault(gold[i] if gold else first[i].choice, []).append(i)
+        out: list = [None] * len(requests)
+        for members in groups.values():
+            only = sorted(set().union(*(want[i] for i in members)), key=[t.name for t in tools].index)
+            for i, c in zip(members, self.score([requests[i] for i in members], tools, desc, only=only)):
+                out[i] = Choice(c.request, c.logprobs, first[i].p_tool, first[i].p_other, c.bounds)
+        redo = [i for i, c in enumerate(out) if not (c.certified and c.runner_up_certified())]
+        for i, c in zip(redo, self.score([requests[i] for i in redo], tools, desc) if redo else []):
+            out[i] = Choice(c.request, c.logprobs, first[i].p_tool, first[i].p_other)
+        self.fallbacks = len(redo)
+        return out
+
     def _score_batch(self, batch: list[Formatted], prefix: PrefixCache, tools, cands, open_ids,
-                     extra: dict | None = None) -> list[Choice]:
+                     extra: dict | None = None, full: list[int] | None = None) -> list[Choice]:
         for f in batch:
             if f.input_ids[: len(prefix)] != prefix.ids:
                 raise ValueError("a request does not share the tool-block prefix; format them with the same tool list")
-        packed = self.pack(batch, len(prefix), cands)
+        packed = self.pack(batch, len(prefix), cands, full)
         decoder, _, _ = decoder_parts(self.model)
         with torch.inference_mode():
             h = decoder(input_ids=packed.ids, attention_mask=packed.layout.masks(self.model),
@@ -181,17 +240,22 @@ class ToolChoiceEngine:
                         **(extra or {})).last_hidden_state
             scores, p_tool, p_other = self.read(h, packed, open_ids)
         scores, p_tool, p_other = scores.cpu(), p_tool.cpu(), p_other.cpu()
-        return [Choice(f.text, {t.name: float(scores[b, i]) for i, t in enumerate(tools)}, float(p_tool[b]),
-                       float(p_other[b])) for b, f in enumerate(batch)]
+        exact = packed.exact
+        return [Choice(f.text, {t.name: float(scores[b, i]) for i, t in enumerate(tools) if exact[i]},
+                       float(p_tool[b]), float(p_other[b]),
+                       {t.name: float(scores[b, i]) for i, t in enumerate(tools) if not exact[i]})
+                for b, f in enumerate(batch)]
 
-    def pack(self, batch: list[Formatted], P: int, cands: list[list[int]]) -> "Packed":
+    def pack(self, batch: list[Formatted], P: int, cands: list[list[int]], full: list[int] | None = None) -> "Packed":
         """The input of one batch after a cached prefix of ``P`` tokens: ``[request suffix (right-padded) |
         every candidate's name tokens but the last, packed]`` with its ``Layout`` (a candidate's tokens see
-        the shared keys and their own earlier tokens only)."""
+        the shared keys and their own earlier tokens only). ``full``: pack only these candidates (indices);
+        the others are read at their first token only (``Packed.exact`` is False for them)."""
         B = len(batch)
         suffixes = [f.input_ids[P:] for f in batch]
         S = max(len(s) for s in suffixes)
-        packed = [(c, k) for c, ids in enumerate(cands) for k in range(len(ids) - 1)]
+        exact = [full is None or c in full or len(ids) == 1 for c, ids in enumerate(cands)]
+        packed = [(c, k) for c, ids in enumerate(cands) if exact[c] for k in range(len(ids) - 1)]
         T = len(packed)
         # Built as lists, moved to the model's device once.
         names = [cands[c][k] for c, k in packed]
@@ -205,7 +269,7 @@ class ToolChoiceEngine:
                            torch.tensor(q_group, device=device))
         return Packed(torch.tensor(inp, device=device), lay, S, packed, cands,
                       torch.tensor([f.reply_position - P for f in batch], device=device),
-                      torch.tensor([f.decision_position - P for f in batch], device=device))
+                      torch.tensor([f.decision_position - P for f in batch], device=device), exact)
 
     def read(self, h: torch.Tensor, packed: "Packed", open_ids: list[int] | None = None):
         """``(scores [batch, candidates], p_tool [batch], p_other [batch])`` from the final hidden states
