@@ -40,8 +40,9 @@ PLAN_THRESHOLD = 0.9
 CHUNK = 32  # requests per resumable chunk
 
 
-def run(profile: str, model: str) -> None:
-    prof = load_profile(profile)
+def run(profile: str, model: str, prof: dict | None = None) -> None:
+    """``prof``: the profile's settings (default: ``profiles.toml``), e.g. a tiny one in tests."""
+    prof = prof or load_profile(profile)
     cfg = dict(prof["baseline"], batch_size=prof["batch_size"], seed=prof["seed"])
     split = None if cfg["split"] == "all" else cfg["split"]
     requests = select(load_prompts(), split=split, n_per_tool=cfg["n_per_tool"], n_no_tool=cfg["n_no_tool"],
