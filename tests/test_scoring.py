@@ -78,4 +78,4 @@ def test_choose_equals_full_forced_choice(tiny, catalog_tools, slack):
         assert abs(g.logprobs[name] - r.logprobs[name]) < 1e-4
         best_other = lambda c: max(v for n, v in c.logprobs.items() if n != name)  # noqa: E731
         assert abs(best_other(g) - best_other(r)) < 1e-4
-        assert len(g.logprobs) < len(catalog_tools) or engine.fallbacks > 0
+    assert engine.fallbacks == 0  # the deepening round certifies the best and the second best

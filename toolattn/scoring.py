@@ -195,16 +195,18 @@ class ToolChoiceEngine:
         return out
 
     def choose(self, requests: list[str], tools: list[Tool], gold: list[str] | None = None, desc: str = "choosing",
-               forward_kwargs=None, slack: float = 4.0) -> list[Choice]:
+               forward_kwargs=None, slack: float = 4.0, rounds: int = 3) -> list[Choice]:
         """Forced choice on long tool lists, scoring in full only the candidates that can matter.
 
         A first pass reads every candidate's first-token log-probability (an upper bound of its
         score) and P(tool), with ``forward_kwargs`` (e.g. attention capture at the decision position,
         which the packed names cannot change). A second pass scores in full, per group of requests
         with the same gold tool, the candidates within ``slack`` nats of the best bound, the two best
-        bounds and the gold. A request whose best or second best is then not certified (an unscored
-        candidate could still reach it) is scored again with every candidate. The choice, the gold's
-        score and the best other score equal ``score``'s; ``self.fallbacks`` counts the re-scored requests.
+        bounds and the gold. Where a request's best or second best is not certified (an unscored
+        candidate's bound reaches it), the candidates whose bound reaches its second best score are
+        added and scored, which certifies both (at most ``rounds`` passes; a request still not
+        certified is scored with every candidate). The choice, the gold's score and the best other
+        score equal ``score``'s; ``self.fallbacks`` counts the requests scored with every candidate.
         """
         first = self.score(requests, tools, desc, forward_kwargs, only=[])
         want = []
@@ -213,14 +215,22 @@ class ToolChoiceEngine:
             ranked = sorted(bound, key=bound.get, reverse=True)
             keep = set(ranked[:2]) | {n for n in ranked if bound[n] >= bound[ranked[0]] - slack}
             want.append(keep | ({gold[i]} if gold else set()))
-        groups: dict = {}
-        for i in range(len(requests)):
-            groups.setdefault(gold[i] if gold else first[i].choice, []).append(i)
         out: list = [None] * len(requests)
-        for members in groups.values():
-            only = sorted(set().union(*(want[i] for i in members)), key=[t.name for t in tools].index)
-            for i, c in zip(members, self.score([requests[i] for i in members], tools, desc, only=only)):
-                out[i] = Choice(c.request, c.logprobs, first[i].p_tool, first[i].p_other, c.bounds)
+        todo = list(range(len(requests)))
+        for _ in range(rounds):
+            groups: dict = {}
+            for i in todo:
+                groups.setdefault(gold[i] if gold else first[i].choice, []).append(i)
+            for members in groups.values():
+                only = sorted(set().union(*(want[i] for i in members)), key=[t.name for t in tools].index)
+                for i, c in zip(members, self.score([requests[i] for i in members], tools, desc, only=only)):
+                    out[i] = Choice(c.request, c.logprobs, first[i].p_tool, first[i].p_other, c.bounds)
+            todo = [i for i in todo if not (out[i].certified and out[i].runner_up_certified())]
+            for i in todo:  # deepen: every candidate whose bound reaches the second best score found
+                second = sorted(out[i].logprobs.values())[-2] if len(out[i].logprobs) > 1 else float("-inf")
+                want[i] = set(out[i].logprobs) | {n for n, b in out[i].bounds.items() if b >= second}
+            if not todo:
+                break
         redo = [i for i, c in enumerate(out) if not (c.certified and c.runner_up_certified())]
         for i, c in zip(redo, self.score([requests[i] for i in redo], tools, desc) if redo else []):
             out[i] = Choice(c.request, c.logprobs, first[i].p_tool, first[i].p_other)
