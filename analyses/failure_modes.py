@@ -84,7 +84,7 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
                  for f in fs}, **lm.files}
     with Run(profile, model, "failure_modes", cfg, inputs, seed=cfg["seed"]) as run:
         shuffled = [n for n in dict.fromkeys(f["list"] for f in failures)
-                    if f"{len(lists[n])}" in map(str, cfg["shuffle_counts"]) or n == "baseline"]
+                    if len(lists[n]) in cfg["shuffle_counts"] or n == "baseline"]
 
         def compute(name):
             tools = lists[name]

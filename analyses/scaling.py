@@ -168,6 +168,11 @@ def list_shares(weights, f) -> np.ndarray:
     return np.where(total > 0, mass / np.where(total > 0, total, 1), 1.0 / mass.shape[1])
 
 
+def top_share(shares: np.ndarray, top_idx: list[int]) -> np.ndarray:
+    """One request's shares ``[tools, L * H]`` averaged over the top heads (all heads if none) -> ``[tools]``."""
+    return shares[:, top_idx].mean(1) if top_idx else shares.mean(1)
+
+
 def entropy_bits(shares: np.ndarray) -> np.ndarray:
     """Entropy over tools (bits) of shares ``[requests, tools, heads]`` -> ``[requests, heads]``."""
     return -(shares * np.log2(np.clip(shares, 1e-12, None))).sum(1)
@@ -211,7 +216,7 @@ def summarise(run: Run, cfg, lists, done, prompts, top, conditions, L, H) -> Non
         for i, (rid, chosen, m) in enumerate(zip(spec["requests"], d["chosen"], d["margin"])):
             g = prompts[rid].tool
             gp, cp = spec["tools"].index(g), spec["tools"].index(chosen)
-            top_mean = sh[i][:, top_idx].mean(1) if top_idx else sh[i].mean(1)  # [k]
+            top_mean = top_share(sh[i], top_idx)  # [k]
             rows.append({"count": k, "list": name, "id": rid, "gold": g, "chosen": chosen, "correct": g == chosen,
                          "gold_position": gp, "chosen_position": cp, "gold_bin": position_bin(gp, k),
                          "margin": float(m), "top_share_gold": float(top_mean[gp]),
@@ -227,7 +232,7 @@ def summarise(run: Run, cfg, lists, done, prompts, top, conditions, L, H) -> Non
         for name, spec, sh, d in parts:
             for i, (rid, chosen) in enumerate(zip(spec["requests"], d["chosen"])):
                 if chosen != prompts[rid].tool:
-                    top_mean = sh[i][:, top_idx].mean(1) if top_idx else sh[i].mean(1)
+                    top_mean = top_share(sh[i], top_idx)
                     att += [{"count": k, "list": name, "id": rid, "position": p, "tool": t,
                              "share": float(top_mean[p])} for p, t in enumerate(spec["tools"])]
     run.write_csv("failure_attention", att)
@@ -307,7 +312,6 @@ def knockout_summary(kd, prompts, conditions, cfg) -> dict:
     clean = [decode(d["clean"]) for _, d in kd]
     knocked = [decode(d["knocked"]) for _, d in kd]
     gold = [np.array([spec["tools"].index(prompts[i].tool) for i in spec["requests"]]) for spec, _ in kd]
-    out = {}
     loss = {}
     for c, cond in enumerate(conditions):
         ok0 = np.concatenate([cl.argmax(1) == g for cl, g in zip(clean, gold)])
