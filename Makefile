@@ -28,7 +28,7 @@ REPORT_SRC := $(wildcard paper/*.py paper/*.toml paper/*.css paper/*.typ paper/t
 EMBEDDED := qwen2.5-coder-1.5b gemma-3-270m
 model_stamp = $(CACHE)/$(1)/source.json
 
-.PHONY: setup models fast all finetune hub report test check bench clean help phase34 FORCE
+.PHONY: setup models fast all finetune hub report test check bench clean help FORCE
 .SECONDEXPANSION:
 help:
 	@sed -n '2,8p' Makefile
@@ -54,8 +54,8 @@ $(CACHE)/%/source.json: | $(STAMP)
 CHILD := gemma-3-270m-tools
 QWEN := qwen2.5-coder-1.5b
 GEMMA := gemma-3-270m
-RUNS := baseline:$(QWEN) baseline:$(GEMMA) retrieval_heads:$(QWEN) head_knockout:$(QWEN) finetune:$(CHILD) \
-        circuit_zones:$(CHILD) circuit_zones:$(GEMMA) circuit_zones:$(QWEN)
+RUNS := baseline:$(QWEN) baseline:$(GEMMA) retrieval_heads:$(QWEN) head_knockout:$(QWEN) scaling:$(QWEN) \
+        failure_modes:$(QWEN) finetune:$(CHILD) circuit_zones:$(CHILD) circuit_zones:$(GEMMA) circuit_zones:$(QWEN)
 model_dep = $(if $(filter $(2),$(CHILD)),$(ART)/$(1)/$(CHILD)/finetune/manifest.json,$(call model_stamp,$(2)))
 finetune_model_dep = $(call model_stamp,$(GEMMA)) $(TEMPLATES)
 # An analysis that reads another's artifacts depends on them (and on its code: shared helpers).
@@ -71,11 +71,7 @@ $(ART)/$(1)/$(3)/$(2)/manifest.json: analyses/$(2).py $(LIB) $(DATA) $(call upst
 endef
 run_analysis = $(word 1,$(subst :, ,$(1)))
 run_model = $(word 2,$(subst :, ,$(1)))
-# Phases 3 and 4 (scaling to 50 tools, failure modes) have rules but are not yet part of `make fast`
-# and `make all` (their fast cost is still being brought down): `make phase34 PROFILE=fast` runs them.
-PHASE34_RUNS := scaling:$(QWEN) failure_modes:$(QWEN)
-$(foreach p,fast full hub,$(foreach r,$(RUNS) $(PHASE34_RUNS),$(eval $(call analysis_rule,$(p),$(call run_analysis,$(r)),$(call run_model,$(r))))))
-phase34: $(foreach r,$(PHASE34_RUNS),$(ART)/$(PROFILE)/$(call run_model,$(r))/$(call run_analysis,$(r))/manifest.json)
+$(foreach p,fast full hub,$(foreach r,$(RUNS),$(eval $(call analysis_rule,$(p),$(call run_analysis,$(r)),$(call run_model,$(r))))))
 artifacts_of = $(foreach r,$(RUNS),$(ART)/$(1)/$(call run_model,$(r))/$(call run_analysis,$(r))/manifest.json)
 
 FAST_ARTIFACTS := $(call artifacts_of,fast)
@@ -88,8 +84,8 @@ all: $(FULL_ARTIFACTS)
 finetune: $(ART)/$(PROFILE)/$(CHILD)/finetune/manifest.json
 
 # The paper's own models (weights from a model hub, or TOOLATTN_LOCAL_<NAME> folders): see README.
-HUB_RUNS := baseline:qwen3-4b retrieval_heads:qwen3-4b head_knockout:qwen3-4b baseline:functiongemma-270m \
-            circuit_zones:functiongemma-270m
+HUB_RUNS := baseline:qwen3-4b retrieval_heads:qwen3-4b head_knockout:qwen3-4b scaling:qwen3-4b \
+            failure_modes:qwen3-4b baseline:functiongemma-270m circuit_zones:functiongemma-270m
 hub: | $(STAMP)
 	@for r in $(HUB_RUNS); do a=$${r%%:*}; m=$${r#*:}; $(PY) -m analyses.$$a --profile hub --model $$m || exit 1; done
 	$(MAKE) report PROFILE=hub

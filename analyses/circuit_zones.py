@@ -299,13 +299,11 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
             return out
 
         def patch(layer):
-            out = {}
-            for site in SITES:
-                acts_site = clean.resid[layer] if site == "resid" else clean.mlp[layer]
-                out[site] = iv.patch_decision(fs, clean, layer, site, acts_site[src["cross"]]).decides_tool.tolist()
-            for kind in ("same_class", "random"):
-                out[kind] = iv.patch_decision(fs, clean, layer, "resid",
-                                              clean.resid[layer][src[kind]]).decides_tool.tolist()
+            acts = {"resid": clean.resid[layer], "mlp": clean.mlp[layer]}
+            conds = {**{site: (site, acts[site][src["cross"]]) for site in SITES},
+                     **{kind: ("resid", acts["resid"][src[kind]]) for kind in ("same_class", "random")}}
+            read = iv.patch_decisions(fs, clean, layer, list(conds.values()))
+            out = {name: r.decides_tool.tolist() for name, r in zip(conds, read)}
             if layer % cfg["patch_whole_every"] == 0:
                 out["whole"] = iv.patch_request(fs, clean, layer, src["cross"]).decides_tool.tolist()
             return out

@@ -144,6 +144,13 @@ def breakdown(rows: list[dict]) -> dict:
     return {k: proportion([r["kind"] == k for r in rows]) for k in KINDS} | {"n": len(rows)}
 
 
+def excess(rate: dict, chance: float | None) -> dict:
+    """A rate's Wilson interval shifted by its chance rate (above chance when ``lo > 0``)."""
+    if not rate["n"] or chance is None:
+        return empty()
+    return {"value": rate["value"] - chance, "lo": rate["lo"] - chance, "hi": rate["hi"] - chance, "n": rate["n"]}
+
+
 # --- the summary ----------------------------------------------------------------------------------------
 
 def summarise(run: Run, cfg, failures, lists, shuffles, sim, names, scaled, attention) -> None:
@@ -193,10 +200,11 @@ def summarise(run: Run, cfg, failures, lists, shuffles, sim, names, scaled, atte
         "follows_tool": proportion([r["tool_share"] >= 0.5 for r in sh]),
         "fixed_by_shuffle": bootstrap_ci([r["fixed_share"] for r in sh], n_resamples=cfg["n_bootstrap"],
                                          seed=cfg["seed"]) if sh else empty(),
-        "semantic": {"share": proportion([r["near_neighbour"] for r in rows]), "chance": chance, "p": sem_p},
+        "semantic": {"share": proportion([r["near_neighbour"] for r in rows]), "chance": chance, "p": sem_p,
+                     "excess": excess(proportion([r["near_neighbour"] for r in rows]), chance)},
         "similarity_rank": {**(bootstrap_ci(ranks, n_resamples=cfg["n_bootstrap"], seed=cfg["seed"]) if ranks
                                else empty()), "p_more_similar_than_median": rank_p},
-        "picked_first_or_last": {**proportion(edge), "chance": edge_chance,
+        "picked_first_or_last": {**proportion(edge), "chance": edge_chance, "excess": excess(proportion(edge), edge_chance),
                                  "p": float(sps.binomtest(sum(edge), len(edge), edge_chance, alternative="greater").pvalue)
                                  if edge else None},
         **look,

@@ -48,7 +48,7 @@ from toolattn.datasets import load_prompts  # noqa: E402
 from toolattn.knockout import HeadKnockout, certified, margin  # noqa: E402
 from toolattn.models import load_model, model_dims  # noqa: E402
 from toolattn.scoring import ToolChoiceEngine  # noqa: E402
-from toolattn.stats import accuracy, bootstrap_ci, empty  # noqa: E402
+from toolattn.stats import accuracy, bootstrap_ci, empty, independent_difference  # noqa: E402
 from toolattn.tools import CORE_NAMES, load_catalog  # noqa: E402
 
 UPSTREAM = "retrieval_heads"
@@ -86,10 +86,11 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
             texts = [prompts[i].text for i in spec["requests"]]
             gold = [prompts[i].tool for i in spec["requests"]]
             t0 = time.time()
+            sample = engine.formatter.format(texts[0], tools)
+            engine.batch_size = rows_for(len(sample.input_ids), cfg["batch_size"], cfg)
             with capture_attention(lm.model) as cap:
                 choices = engine.choose(texts, tools, gold, desc=f"{model} {name}",
                                         forward_kwargs=cap.kwargs_for(decision_rows))
-            sample = engine.formatter.format(texts[0], tools)
             shares = list_shares(cap.weights, sample)  # [n, tools, L * H]
             out = {"seconds": time.time() - t0, "prompt_tokens": len(sample.input_ids), "fallbacks": engine.fallbacks,
                    "chosen": [c.choice for c in choices],
@@ -143,6 +144,13 @@ def design(catalog: list[str], pool: dict, cfg: dict) -> dict:
     return out
 
 
+def rows_for(prompt_tokens: int, rows: int, cfg: dict) -> int:
+    """Rows per forward pass on a list whose prompts have ``prompt_tokens`` tokens: at most ``rows`` and at
+    most ``row_tokens`` cached keys in all (each row holds its own copy of the prefix's keys/values while a
+    layer runs, so memory grows with rows x prompt length)."""
+    return max(1, min(rows, cfg["row_tokens"] // max(1, prompt_tokens)))
+
+
 def position_bin(position: int, k: int) -> str:
     """``first`` / ``last`` of the list, else the early, middle or late third of the positions between."""
     if position == 0:
@@ -186,7 +194,9 @@ def knockout(lm, tools, texts, gold, choices, conditions, engine, cfg) -> dict:
     certified under some condition is run again with every candidate."""
     only = [set(c.logprobs) for c in choices]
     heads = torch.stack([c["heads"] for c in conditions])
-    ko = HeadKnockout(lm, tools, texts, gold, batch_size=cfg["batch_size"], max_rows=cfg["max_rows"], only=only,
+    n_tok = len(engine._prefix) + 64
+    batch, rows = engine.batch_size, rows_for(n_tok, cfg["max_rows"], cfg)
+    ko = HeadKnockout(lm, tools, texts, gold, batch_size=batch, max_rows=rows, only=only,
                       prefix_kv=engine._prefix.kv)
     scores = ko.run(heads)  # [C, n, N]
     ok = certified(torch.cat([ko.clean_scores[None], scores]), ko.exact).all(0)
@@ -194,7 +204,7 @@ def knockout(lm, tools, texts, gold, choices, conditions, engine, cfg) -> dict:
     clean = ko.clean_scores.clone()
     if redo:
         full = HeadKnockout(lm, tools, [texts[i] for i in redo], [gold[i] for i in redo],
-                            batch_size=cfg["batch_size"], max_rows=cfg["max_rows"], share=ko)
+                            batch_size=batch, max_rows=rows, share=ko)
         clean[redo], scores[:, redo] = full.clean_scores, full.run(heads)
     return {"clean": encode(clean.numpy()), "knocked": encode(scores.numpy()), "knockout_fallbacks": len(redo)}
 
@@ -288,9 +298,13 @@ def summarise(run: Run, cfg, lists, done, prompts, top, conditions, L, H) -> Non
                               "seconds_per_request": v["seconds_per_request"]} for k, v in per.items()])
     pair = next((s for s in spear if (s["count_a"], s["count_b"]) == (10, 50)), None)
     ko = {k: v["knockout"] for k, v in per.items() if "knockout" in v}
+    lo_k, hi_k = min(per, key=int), max(per, key=int)
     metrics = {
         "counts": [int(k) for k in per],
         "accuracy_by_count": {k: v["accuracy"] for k, v in per.items()},
+        # the smallest count's accuracy minus the largest's (independent requests: Newcombe, one-sided Fisher)
+        "accuracy_drop": {"from": int(lo_k), "to": int(hi_k), **independent_difference(
+            [x["correct"] for x in rows if str(x["count"]) == lo_k], [x["correct"] for x in rows if str(x["count"]) == hi_k])},
         "entropy_by_count": {k: v["entropy_all_heads"] for k, v in per.items()},
         "entropy_top_heads_by_count": {k: v["entropy_top_heads"] for k, v in per.items()},
         "head_rank_spearman_10_vs_50": pair["spearman"] if pair else None,

@@ -61,6 +61,23 @@ def test_rerun_resumes_from_chunks(art):
     assert calls == [0, 1, 0]
 
 
+def test_code_edited_during_a_run_keeps_its_chunk_key(art, monkeypatch):
+    """The chunk key is fixed when the run starts: an edit of the library while it runs does not split its
+    chunks between two keys (the run finishes; a later run with the new code recomputes them)."""
+    hashes = iter(f"code-{i}" for i in range(100))
+    monkeypatch.setattr(artifacts, "code_hash", lambda analysis: next(hashes))
+    calls = []
+    with Run("fast", "m", "demo", {}, {}) as run:
+        got = run.chunks(["a", "b", "c"], lambda n: calls.append(n) or n.upper())
+        run.result({})
+    assert got == ["A", "B", "C"] and calls == ["a", "b", "c"]
+    assert len({p.name.split(".")[1] for p in (art / "fast" / "m" / "demo" / "chunks").iterdir()}) == 1
+    with Run("fast", "m", "demo", {}, {}) as run:  # new code: recomputed
+        run.chunks(["a"], lambda n: calls.append(n) or n)
+        run.result({})
+    assert calls == ["a", "b", "c", "a"]
+
+
 def test_atomic_write_replaces(tmp_path):
     p = tmp_path / "x.json"
     artifacts.write_json(p, {"a": 1})

@@ -216,3 +216,31 @@ def test_no_computation_on_the_cpu_when_the_model_is_on_a_gpu(tools):
                "aten.unsqueeze", "aten.detach"}
     bad = sorted({op for op in mode.ops if op.split(".")[0] + "." + op.split(".")[1] not in allowed})
     assert not bad, bad
+
+
+@requires_cuda
+def test_cuda_pruned_choice_and_partial_knockout_equal_cpu(catalog_tools):
+    """On the 50-tool catalog: the pruned forced choice (``choose``) and a knockout that scores only the
+    clean run's candidates and reuses the engine's prefix give on the GPU what they give on the CPU."""
+    from toolattn.knockout import HeadKnockout
+
+    reqs = ["What's the weather in Paris today?", "Send an email to Bob about the meeting",
+            "Translate 'good morning' into Italian", "Run this Python snippet for me"]
+    gold = [t.name for t in catalog_tools[:4]]
+    out = {}
+    for dev in ("cpu", "cuda"):
+        lm = load_model("tiny-qwen2", device=dev, dtype="float32")
+        engine = ToolChoiceEngine(lm, batch_size=2, progress=False)
+        choices = engine.choose(reqs, catalog_tools, gold)
+        d = model_dims(lm.model)
+        heads = torch.zeros(2, d["layers"], d["heads"], dtype=torch.bool)
+        heads[0, 1, 0] = heads[1, :, 1] = True
+        ko = HeadKnockout(lm, catalog_tools, reqs, gold, batch_size=2, max_rows=4,
+                          only=[set(c.logprobs) for c in choices], prefix_kv=engine._prefix.kv)
+        out[dev] = (choices, ko.clean_scores, ko.run(heads), ko.exact)
+    (c0, s0, k0, e0), (c1, s1, k1, e1) = out["cpu"], out["cuda"]
+    for a, b in zip(c0, c1):
+        assert a.choice == b.choice and set(a.logprobs) == set(b.logprobs)
+        assert all(abs(a.logprobs[n] - b.logprobs[n]) < 1e-3 for n in a.logprobs)
+    assert torch.equal(e0, e1)
+    assert torch.allclose(s0, s1, atol=1e-3) and torch.allclose(k0, k1, atol=1e-3)

@@ -46,7 +46,7 @@ def test_analysis_end_to_end(tmp_path, monkeypatch):
             "retrieval_heads": {"split": "heldout", "n_per_tool": 2, "n_orders": 2, "min_tool_block_share": 0.001,
                                 "n_permutations": 200},
             "scaling": {"split": "heldout", "counts": [2, 5, 50], "n_requests": 6, "per_gold": 3, "top": 4,
-                        "knockout_counts": [], "n_random_sets": 2, "max_rows": 16, "n_bootstrap": 50},
+                        "knockout_counts": [], "n_random_sets": 2, "max_rows": 16, "row_tokens": 100000, "n_bootstrap": 50},
             "failure_modes": {"n_shuffles": 2, "shuffle_counts": [2, 5], "similar_k": 2, "n_bootstrap": 50}}
     bl.run("smoke", "tiny-qwen2", prof)
     rh.run("smoke", "tiny-qwen2", prof)

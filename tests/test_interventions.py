@@ -142,6 +142,19 @@ def test_decision_patch_equals_full_recompute(setup):
         assert close(torch.stack(iv.decision(h[:, f.reply_position]))[:, 0], torch.stack([got.p_tool[i], got.p_other[i]]))
 
 
+def test_several_decision_patches_in_one_pass_equal_one_at_a_time(setup):
+    """Conditions of one layer run together (rows repeated per condition, each with its own site and
+    source) give what each gives alone."""
+    lm, iv, fs, clean = setup
+    conds = [("resid", clean.resid[2][[1, 0, 3, 2]]), ("mlp", clean.mlp[2][[2, 3, 0, 1]]),
+             ("resid", clean.resid[2][[3, 2, 1, 0]])]
+    together = iv.patch_decisions(fs, clean, 2, conds)
+    for (site, source), got in zip(conds, together):
+        alone = iv.patch_decision(fs, clean, 2, site, source)
+        assert close(got.p_tool, alone.p_tool) and close(got.p_other, alone.p_other), site
+    assert not close(together[0].p_tool, together[1].p_tool)  # the conditions did differ
+
+
 def test_request_patch_equals_full_recompute_and_self_patch_changes_nothing(setup):
     """Patching the residual stream at every request position (aligned from the reply position) equals
     the same edit inside a full forward of the recipient; patching a request with itself changes nothing."""

@@ -69,7 +69,7 @@ def test_analysis_end_to_end(tmp_path, monkeypatch):
             "retrieval_heads": {"split": "heldout", "n_per_tool": 2, "n_orders": 2, "min_tool_block_share": 0.001,
                                 "n_permutations": 200},
             "scaling": {"split": "heldout", "counts": [2, 10, 50], "n_requests": 6, "per_gold": 3, "top": 4,
-                        "knockout_counts": [2, 50], "n_random_sets": 2, "max_rows": 16, "n_bootstrap": 50}}
+                        "knockout_counts": [2, 50], "n_random_sets": 2, "max_rows": 16, "row_tokens": 100000, "n_bootstrap": 50}}
     rh.run("smoke", "tiny-qwen2", prof)
     sc.run("smoke", "tiny-qwen2", prof)
     out = tmp_path / "smoke" / "tiny-qwen2" / "scaling"

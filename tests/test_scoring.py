@@ -79,3 +79,21 @@ def test_choose_equals_full_forced_choice(tiny, catalog_tools, slack):
         best_other = lambda c: max(v for n, v in c.logprobs.items() if n != name)  # noqa: E731
         assert abs(best_other(g) - best_other(r)) < 1e-4
     assert engine.fallbacks == 0  # the deepening round certifies the best and the second best
+
+
+def test_rescoring_on_kept_keys_equals_scoring_again(tiny, catalog_tools):
+    """Scoring more candidates on each request's kept keys/values (only the name tokens run) equals
+    scoring them with the request run again: every candidate of the 50-tool catalog, and a subset."""
+    engine = ToolChoiceEngine(tiny, batch_size=3, progress=False)
+    ref = engine.score(REQUESTS, catalog_tools)
+    kept: list = []
+    first = engine.score(REQUESTS, catalog_tools, only=[], keep=kept)
+    assert len(kept) == len(REQUESTS)
+    names = [t.name for t in catalog_tools]
+    for only in (names, names[5:9]):
+        got = engine.rescore(REQUESTS, catalog_tools, first, kept, only)
+        for r, g in zip(ref, got):
+            assert set(only) <= set(g.logprobs) and set(g.logprobs) | set(g.bounds) == set(names)
+            assert all(abs(g.logprobs[n] - r.logprobs[n]) < 1e-4 for n in g.logprobs)
+            assert all(b >= r.logprobs[n] - 1e-4 for n, b in g.bounds.items())
+            assert g.p_tool == r.p_tool or abs(g.p_tool - r.p_tool) < 1e-4

@@ -164,6 +164,10 @@ class Run:
         self.figures: dict[str, dict] = {}
         self._result: dict | None = None
         self.timings: dict[str, float] = {}
+        # Chunks are keyed by the config, the inputs and the code as the run starts: an edit made while it
+        # runs neither splits its chunks between two keys nor is mistaken for the code that made them.
+        self.key = hashlib.sha256(json.dumps([self.config, self.inputs, code_hash(self.analysis)],
+                                             sort_keys=True).encode()).hexdigest()[:12]
 
     def __enter__(self):
         self.t0 = time.time()
@@ -216,21 +220,20 @@ class Run:
         return self.timings[name]
 
     def chunk_path(self, name: str) -> Path:
-        key = hashlib.sha256(json.dumps([self.config, self.inputs, code_hash(self.analysis)],
-                                        sort_keys=True).encode()).hexdigest()[:12]
-        return self.dir / "chunks" / f"{name}.{key}.json"
+        return self.dir / "chunks" / f"{name}.{self.key}.json"
 
     def chunks(self, names: list[str], compute) -> list | None:
         """Every chunk of ``names`` (``compute(name)`` makes one), split between the processes of
         ``accelerate launch``: each computes its share; the main process waits for the rest and gets
         them all, in order; a helper process gets None (and writes nothing more)."""
-        from .parallel import is_main, my_share, wait_for
+        from .parallel import is_main, my_share, wait_for, world
 
         for name in my_share(names):
             self.chunk(name, lambda name=name: compute(name))
         if not is_main():
             return None
-        wait_for([self.chunk_path(n) for n in names])
+        if world()[1] > 1:
+            wait_for([self.chunk_path(n) for n in names])
         return [self.chunk(n, lambda n=n: compute(n)) for n in names]
 
     def write_csv(self, name: str, rows: list[dict]) -> None:

@@ -434,28 +434,44 @@ class Intervener:
         """Replace the ``site`` output of ``layer`` at each request's reply position by
         ``source [n, hidden]`` and read the decision again. Earlier positions cannot change, so only
         the reply token is re-run, on the clean run's keys/values."""
+        return self.patch_decisions(fs, clean, layer, [(site, source)])[0]
+
+    def patch_decisions(self, fs: list[Formatted], clean: Clean, layer: int,
+                        conditions: list[tuple[str, torch.Tensor]]) -> list[Readout]:
+        """``patch_decision`` for several ``(site, source [n, hidden])`` conditions of one layer at once:
+        each batch's rows are repeated once per condition, so the weights are read once per batch and
+        not once per condition (a single-token forward on a CPU is bound by reading the weights)."""
+        C = len(conditions)
+        for site, _ in conditions:
+            if site not in SITES:
+                raise ValueError(f"unknown site {site!r}; use one of {SITES}")
         p, o = [], []
         batches = self.batches(fs)
         shared_kv = self.shared(fs)
         for batch, request_kv in zip(batches, clean.caches):
             B, S = batch.ids.shape
-            P = batch.start
-            cache = kv_cache(shared_kv, B)
-            for i, (k, v) in enumerate(request_kv):
-                cache.update(k, v, i)
-            rows = torch.arange(B, device=self.device)
+            P, dev = batch.start, self.device
+            cache = kv_cache(shared_kv, C * B)
+            for i, (k, v) in enumerate(request_kv):  # rows: condition-major, [C * B]
+                cache.update(k.repeat(C, 1, 1, 1), v.repeat(C, 1, 1, 1), i)
+            rows = torch.arange(B, device=dev)
             # the reply token alone, after the shared keys and the request keys before it
-            earlier = torch.cat([torch.ones(B, P, dtype=torch.bool, device=self.device),
-                                 batch.valid & (torch.arange(S, device=self.device)[None] < batch.reply[:, None])], 1)
-            lay = Layout.after(earlier, (P + batch.reply)[:, None])
-            edit = Edit(layer, site, source.to(self.device)[batch.index.to(self.device)][:, None])
+            earlier = torch.cat([torch.ones(B, P, dtype=torch.bool, device=dev),
+                                 batch.valid & (torch.arange(S, device=dev)[None] < batch.reply[:, None])], 1)
+            lay = Layout.after(earlier.repeat(C, 1), (P + batch.reply).repeat(C)[:, None])
+            index = batch.index.to(dev)
+            edits = []
+            for site in dict.fromkeys(s for s, _ in conditions):
+                value = torch.cat([src.to(dev)[index] if s == site else torch.zeros_like(src.to(dev)[index])
+                                   for s, src in conditions])[:, None]  # [C * B, 1, hidden]
+                where = torch.tensor([s == site for s, _ in conditions], device=dev).repeat_interleave(B)[:, None]
+                edits.append(Edit(layer, site, value, where))
             with torch.inference_mode():
-                h, _ = traced_forward(self.net, [edit], input_ids=batch.ids[rows, batch.reply][:, None],
+                h, _ = traced_forward(self.net, edits, input_ids=batch.ids[rows, batch.reply][:, None].repeat(C, 1),
                                       attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
                                       past_key_values=cache, use_cache=True)
             pt, po = self.decision(h[:, 0])
-            p.append(pt), o.append(po)
-        return Readout(in_order(p, batches), in_order(o, batches))
-
+            p.append(pt.view(C, B)), o.append(po.view(C, B))
+        return [Readout(in_order([x[c] for x in p], batches), in_order([x[c] for x in o], batches)) for c in range(C)]
 
 __all__ = ["Edit", "Intervener", "Readout", "Clean", "Batch", "SITES", "mlp_site", "traced_forward", "kv_cache"]

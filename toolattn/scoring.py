@@ -165,7 +165,7 @@ class ToolChoiceEngine:
     # -- forced choice and P(tool) -------------------------------------------------------------
 
     def score(self, requests: list[str], tools: list[Tool], desc: str = "scoring", forward_kwargs=None,
-              after: list[str] | None = None, only: list[str] | None = None) -> list[Choice]:
+              after: list[str] | None = None, only: list[str] | None = None, keep: list | None = None) -> list[Choice]:
         """Forced choice and P(tool) for each request.
 
         ``forward_kwargs(batch: list[Formatted], prefix_len: int) -> dict`` may add keyword arguments to
@@ -174,6 +174,9 @@ class ToolChoiceEngine:
         the reasoning of a thinking reply (``think``); the decision is then read after ``</think>``.
         ``only``: score just these candidates in full; every other one gets its first-token log-probability,
         an upper bound (``Choice.bounds``; ``Choice.certified`` says whether the forced choice is exact).
+        ``keep``: a list that receives, per request, the keys/values of its tokens after the prefix (per
+        layer ``[kv_heads, tokens, head_dim]``), so that more candidates can be scored later without
+        running the request again (``rescore``).
         """
         formatted = self.format(requests, tools, after)
         prefix = self.prefix(tools, formatted[0])
@@ -189,7 +192,7 @@ class ToolChoiceEngine:
         for b0 in range(0, len(formatted), self.batch_size):
             batch = formatted[b0 : b0 + self.batch_size]
             extra = forward_kwargs(batch, len(prefix)) if forward_kwargs else {}
-            out += self._score_batch(batch, prefix, tools, cands, open_ids, extra, full)
+            out += self._score_batch(batch, prefix, tools, cands, open_ids, extra, full, keep)
             bar.update(len(batch))
         bar.close()
         return out
@@ -205,10 +208,13 @@ class ToolChoiceEngine:
         bounds and the gold. Where a request's best or second best is not certified (an unscored
         candidate's bound reaches it), the candidates whose bound reaches its second best score are
         added and scored, which certifies both (at most ``rounds`` passes; a request still not
-        certified is scored with every candidate). The choice, the gold's score and the best other
-        score equal ``score``'s; ``self.fallbacks`` counts the requests scored with every candidate.
+        certified is scored with every candidate). The passes after the first run only the packed name
+        tokens, on the requests' own keys/values kept from the first (``rescore``). The choice, the
+        gold's score and the best other score equal ``score``'s; ``self.fallbacks`` counts the requests
+        scored with every candidate.
         """
-        first = self.score(requests, tools, desc, forward_kwargs, only=[])
+        kept: list = []
+        first = self.score(requests, tools, desc, forward_kwargs, only=[], keep=kept)
         want = []
         for i, c in enumerate(first):
             bound = {**c.bounds, **c.logprobs}
@@ -223,8 +229,10 @@ class ToolChoiceEngine:
                 groups.setdefault(gold[i] if gold else first[i].choice, []).append(i)
             for members in groups.values():
                 only = sorted(set().union(*(want[i] for i in members)), key=[t.name for t in tools].index)
-                for i, c in zip(members, self.score([requests[i] for i in members], tools, desc, only=only)):
-                    out[i] = Choice(c.request, c.logprobs, first[i].p_tool, first[i].p_other, c.bounds)
+                out_m = self.rescore([requests[i] for i in members], tools, [first[i] for i in members],
+                                     [kept[i] for i in members], only, desc)
+                for i, c in zip(members, out_m):
+                    out[i] = c
             todo = [i for i in todo if not (out[i].certified and out[i].runner_up_certified())]
             for i in todo:  # deepen: every candidate whose bound reaches the second best score found
                 second = sorted(out[i].logprobs.values())[-2] if len(out[i].logprobs) > 1 else float("-inf")
@@ -232,29 +240,88 @@ class ToolChoiceEngine:
             if not todo:
                 break
         redo = [i for i, c in enumerate(out) if not (c.certified and c.runner_up_certified())]
-        for i, c in zip(redo, self.score([requests[i] for i in redo], tools, desc) if redo else []):
-            out[i] = Choice(c.request, c.logprobs, first[i].p_tool, first[i].p_other)
+        for i, c in zip(redo, self.rescore([requests[i] for i in redo], tools, [first[i] for i in redo],
+                                           [kept[i] for i in redo], [t.name for t in tools], desc) if redo else []):
+            out[i] = c
         self.fallbacks = len(redo)
         return out
 
     def _score_batch(self, batch: list[Formatted], prefix: PrefixCache, tools, cands, open_ids,
-                     extra: dict | None = None, full: list[int] | None = None) -> list[Choice]:
+                     extra: dict | None = None, full: list[int] | None = None, keep: list | None = None) -> list[Choice]:
+        P = len(prefix)
         for f in batch:
-            if f.input_ids[: len(prefix)] != prefix.ids:
+            if f.input_ids[:P] != prefix.ids:
                 raise ValueError("a request does not share the tool-block prefix; format them with the same tool list")
-        packed = self.pack(batch, len(prefix), cands, full)
+        packed = self.pack(batch, P, cands, full)
         decoder, _, _ = decoder_parts(self.model)
+        cache = prefix.expand(len(batch))
         with torch.inference_mode():
             h = decoder(input_ids=packed.ids, attention_mask=packed.layout.masks(self.model),
-                        position_ids=packed.layout.q_pos, past_key_values=prefix.expand(len(batch)), use_cache=True,
+                        position_ids=packed.layout.q_pos, past_key_values=cache, use_cache=True,
                         **(extra or {})).last_hidden_state
             scores, p_tool, p_other = self.read(h, packed, open_ids)
+            if keep is not None:  # each request's own tokens, [kv_heads, n, head_dim] per layer
+                keep += [[(layer.keys[b, :, P : len(f.input_ids)].clone(), layer.values[b, :, P : len(f.input_ids)].clone())
+                          for layer in cache.layers] for b, f in enumerate(batch)]
         scores, p_tool, p_other = scores.cpu(), p_tool.cpu(), p_other.cpu()
         exact = packed.exact
         return [Choice(f.text, {t.name: float(scores[b, i]) for i, t in enumerate(tools) if exact[i]},
                        float(p_tool[b]), float(p_other[b]),
                        {t.name: float(scores[b, i]) for i, t in enumerate(tools) if not exact[i]})
                 for b, f in enumerate(batch)]
+
+    def rescore(self, requests: list[str], tools: list[Tool], first: list[Choice], kept: list, only: list[str],
+                desc: str = "rescoring") -> list[Choice]:
+        """``score(requests, tools, only=only)`` from a ``score(..., keep=kept)`` call on the same requests
+        (``first``: its choices): the requests' own keys/values are reused, so only the packed name tokens of
+        the candidates in ``only`` run; their first token's log-probability is read from ``first``."""
+        formatted = self.format(requests, tools)
+        prefix = self.prefix(tools, formatted[0])
+        P = len(prefix)
+        cands = [self.formatter.candidate_ids(formatted[0], t.name) for t in tools]
+        names = [t.name for t in tools]
+        full = [names.index(n) for n in only]
+        exact = [c in full or len(ids) == 1 for c, ids in enumerate(cands)]
+        packed = [(c, k) for c, ids in enumerate(cands) if exact[c] for k in range(len(ids) - 1)]
+        decoder, head, softcap = decoder_parts(self.model)
+        device, out = self.device, []
+        bar = tqdm(total=len(formatted), desc=desc, unit="req", disable=not self.progress)
+        for b0 in range(0, len(formatted), self.batch_size):
+            rows = list(range(b0, min(b0 + self.batch_size, len(formatted))))
+            lens = [len(formatted[i].input_ids) - P for i in rows]
+            S, B = max(lens), len(rows)
+            first_lp = torch.tensor([[{**first[i].bounds, **first[i].logprobs}[n] for n in names] for i in rows])
+            scores = first_lp.clone()
+            if packed:
+                kv = []
+                for j, (pk, pv) in enumerate(prefix.kv):
+                    def pad(x, n):  # [kv, n, d] -> [kv, S, d]
+                        return torch.nn.functional.pad(x, (0, 0, 0, S - n))
+                    k = torch.stack([pad(kept[i][j][0], n) for i, n in zip(rows, lens)])
+                    v = torch.stack([pad(kept[i][j][1], n) for i, n in zip(rows, lens)])
+                    kv.append((torch.cat([pk.expand(B, -1, -1, -1), k], 2), torch.cat([pv.expand(B, -1, -1, -1), v], 2)))
+                ids = torch.tensor([[cands[c][k] for c, k in packed]] * B, device=device)
+                context = torch.tensor([[True] * P + [True] * n + [False] * (S - n) for n in lens], device=device)
+                q_pos = torch.tensor([[P + n + k for _, k in packed] for n in lens], device=device)
+                q_group = torch.tensor([[c + 1 for c, _ in packed]] * B, device=device)
+                lay = Layout.after(context, q_pos, q_group=q_group)
+                with torch.inference_mode():
+                    h = decoder(input_ids=ids, attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
+                                past_key_values=kv_cache(kv), use_cache=True).last_hidden_state
+                    logits = head(h).float()
+                    if softcap:
+                        logits = torch.tanh(logits / softcap) * softcap
+                    nxt = torch.tensor([cands[c][k + 1] for c, k in packed], device=device)
+                    lp = torch.log_softmax(logits, -1).gather(2, nxt[None, :, None].expand(B, -1, 1))[..., 0].cpu()
+                for j, (c, _) in enumerate(packed):
+                    scores[:, c] += lp[:, j]
+            for r, i in enumerate(rows):
+                out.append(Choice(formatted[i].text, {n: float(scores[r, c]) for c, n in enumerate(names) if exact[c]},
+                                  first[i].p_tool, first[i].p_other,
+                                  {n: float(scores[r, c]) for c, n in enumerate(names) if not exact[c]}))
+            bar.update(B)
+        bar.close()
+        return out
 
     def pack(self, batch: list[Formatted], P: int, cands: list[list[int]], full: list[int] | None = None) -> "Packed":
         """The input of one batch after a cached prefix of ``P`` tokens: ``[request suffix (right-padded) |

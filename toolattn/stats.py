@@ -96,6 +96,23 @@ def paired_difference(before, after) -> dict:
             "p": mcnemar_exact(b, c), "b": b, "c": c}
 
 
+def independent_difference(first, second) -> dict:
+    """``mean(first) - mean(second)`` of two independent 0/1 samples (a drop when positive), its 95%
+    Newcombe (hybrid score) interval, and the one-sided Fisher exact p that ``first``'s rate is higher.
+
+    Returns ``{"value", "lo", "hi", "n", "p"}`` (``n``: both samples together)."""
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    x, y = np.asarray(first, bool).reshape(-1), np.asarray(second, bool).reshape(-1)
+    if len(x) == 0 or len(y) == 0:
+        return {**empty(), "p": None}
+    k1, n1, k2, n2 = int(x.sum()), len(x), int(y.sum()), len(y)
+    lo, hi = confint_proportions_2indep(k1, n1, k2, n2, method="newcomb", compare="diff")
+    diff = k1 / n1 - k2 / n2
+    return {"value": float(diff), "lo": float(min(lo, diff)), "hi": float(max(hi, diff)), "n": n1 + n2,
+            "p": fisher_greater(k1, n1, k2, n2)}
+
+
 def fisher_greater(k1: int, n1: int, k2: int, n2: int) -> float:
     """One-sided Fisher exact p-value that the rate ``k1/n1`` exceeds ``k2/n2`` (independent groups)."""
     if n1 == 0 or n2 == 0:

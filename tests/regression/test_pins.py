@@ -20,7 +20,8 @@ PROFILE = "fast"
 # Knockout margins are sums of float32 log-probabilities over batched passes: pinned to 1e-4 nats.
 TOLERANCE = {"baseline": dict(atol=1e-6, rtol=0), "retrieval_heads": dict(atol=1e-5, rtol=0),
              "finetune": dict(atol=1e-5, rtol=0), "circuit_zones": dict(atol=1e-5, rtol=0),
-             "head_knockout": dict(atol=1e-4, rtol=0)}
+             "head_knockout": dict(atol=1e-4, rtol=0), "scaling": dict(atol=1e-4, rtol=0),
+             "failure_modes": dict(atol=1e-6, rtol=0)}
 # analysis -> (models, metric paths in result.json; a {value, lo, hi, n} metric pins all four)
 PINS = {
     "baseline": (["qwen2.5-coder-1.5b", "gemma-3-270m"], [
@@ -37,6 +38,16 @@ PINS = {
         "top_heads.1.margin_change", "top10_joint_drop", "joint.margin_change", "random10_drop_p95",
         "joint_empirical_p", "random_singles.drop_p95", "random_singles.margin_change_mean", "variants.block.drop",
         "replacements.joint.n", "atp_spearman", "atp_top20_overlap", "atp.spearman_in_layers", "atp.mean_abs_error"]),
+    "scaling": (["qwen2.5-coder-1.5b"], [
+        "accuracy_by_count.2", "accuracy_by_count.5", "accuracy_by_count.10", "accuracy_by_count.20",
+        "accuracy_by_count.50", "accuracy_drop", "entropy_by_count.2", "entropy_by_count.50",
+        "entropy_top_heads_by_count.50", "head_rank_spearman_10_vs_50", "head_top10_overlap_10_vs_50",
+        "knockout_by_count.10.joint.margin_change", "knockout_by_count.50.joint.margin_change",
+        "knockout_by_count.50.random_margin_change_mean", "knockout_margin_loss_grows", "n_lists"]),
+    "failure_modes": (["qwen2.5-coder-1.5b"], [
+        "n_failures", "n_shuffled", "breakdown.positional", "breakdown.semantic", "breakdown.other",
+        "semantic.share", "picked_first_or_last", "gold_most_attended_on_failures",
+        "gold_most_attended_on_successes"]),
     "finetune": (["gemma-3-270m-tools"], [
         "forced_choice_accuracy", "tool_no_tool_accuracy", "generation_call_validity", "p_tool_auc",
         "base_forced_choice_accuracy", "base_tool_no_tool_accuracy", "final_loss", "weight_divergence_argmax_layer"]),
@@ -57,6 +68,11 @@ def lookup(metrics: dict, path: str):
     return node
 
 
+def number(x) -> float:
+    """A pinned value; a metric that could not be measured (no failures to classify) is pinned as NaN."""
+    return float("nan") if x is None else float(x)
+
+
 def pinned_numbers(model: str, analysis: str) -> dict:
     try:
         result = load_result(PROFILE, model, analysis)
@@ -67,9 +83,9 @@ def pinned_numbers(model: str, analysis: str) -> dict:
         m = lookup(result["metrics"], path)
         if isinstance(m, dict):
             for field in ("value", "lo", "hi", "n"):
-                out[f"{path}.{field}"] = [float(m[field])]
+                out[f"{path}.{field}"] = [number(m[field])]
         else:
-            out[path] = [float(m)]
+            out[path] = [number(m)]
     return out
 
 
