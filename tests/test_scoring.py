@@ -90,8 +90,12 @@ def test_rescoring_on_kept_keys_equals_scoring_again(tiny, catalog_tools):
     first = engine.score(REQUESTS, catalog_tools, only=[], keep=kept)
     assert len(kept) == len(REQUESTS)
     names = [t.name for t in catalog_tools]
-    for only in (names, names[5:9]):
+    per_row = [names[i : i + 3 * (i + 1)] for i in range(len(REQUESTS))]  # each request its own candidates
+    for only in (names, names[5:9], per_row):
         got = engine.rescore(REQUESTS, catalog_tools, first, kept, only)
+        if only is per_row:  # a row scores its own candidates (and the one-token names), not its batch's
+            assert all(set(g.logprobs) == set(o) | set(f.logprobs) for g, o, f in zip(got, only, first))
+            only = []
         for r, g in zip(ref, got):
             assert set(only) <= set(g.logprobs) and set(g.logprobs) | set(g.bounds) == set(names)
             assert all(abs(g.logprobs[n] - r.logprobs[n]) < 1e-4 for n in g.logprobs)

@@ -203,11 +203,10 @@ class ToolChoiceEngine:
 
         A first pass reads every candidate's first-token log-probability (an upper bound of its
         score) and P(tool), with ``forward_kwargs`` (e.g. attention capture at the decision position,
-        which the packed names cannot change). A second pass scores in full, per group of requests
-        with the same gold tool, the candidates within ``slack`` nats of the best bound, the two best
-        bounds and the gold. Where a request's best or second best is not certified (an unscored
-        candidate's bound reaches it), the candidates whose bound reaches its second best score are
-        added and scored, which certifies both (at most ``rounds`` passes; a request still not
+        which the packed names cannot change). A second pass scores in full, per request, the
+        candidates within ``slack`` nats of its best bound, its two best bounds and the gold. Where
+        a request's best or second best is not certified (an unscored candidate's bound reaches it),
+        the candidates whose bound reaches its second best score are added and scored, which certifies both (at most ``rounds`` passes; a request still not
         certified is scored with every candidate). The passes after the first run only the packed name
         tokens, on the requests' own keys/values kept from the first (``rescore``). The choice, the
         gold's score and the best other score equal ``score``'s; ``self.fallbacks`` counts the requests
@@ -224,15 +223,11 @@ class ToolChoiceEngine:
         out: list = [None] * len(requests)
         todo = list(range(len(requests)))
         for _ in range(rounds):
-            groups: dict = {}
-            for i in todo:
-                groups.setdefault(gold[i] if gold else first[i].choice, []).append(i)
-            for members in groups.values():
-                only = sorted(set().union(*(want[i] for i in members)), key=[t.name for t in tools].index)
-                out_m = self.rescore([requests[i] for i in members], tools, [first[i] for i in members],
-                                     [kept[i] for i in members], only, desc)
-                for i, c in zip(members, out_m):
-                    out[i] = c
+            names = [t.name for t in tools]
+            for i, c in zip(todo, self.rescore([requests[i] for i in todo], tools, [first[i] for i in todo],
+                                               [kept[i] for i in todo], [sorted(want[i], key=names.index) for i in todo],
+                                               desc)):
+                out[i] = c
             todo = [i for i in todo if not (out[i].certified and out[i].runner_up_certified())]
             for i in todo:  # deepen: every candidate whose bound reaches the second best score found
                 second = sorted(out[i].logprobs.values())[-2] if len(out[i].logprobs) > 1 else float("-inf")
@@ -270,29 +265,29 @@ class ToolChoiceEngine:
                        {t.name: float(scores[b, i]) for i, t in enumerate(tools) if not exact[i]})
                 for b, f in enumerate(batch)]
 
-    def rescore(self, requests: list[str], tools: list[Tool], first: list[Choice], kept: list, only: list[str],
-                desc: str = "rescoring") -> list[Choice]:
+    def rescore(self, requests: list[str], tools: list[Tool], first: list[Choice], kept: list,
+                only: list[str] | list[list[str]], desc: str = "rescoring") -> list[Choice]:
         """``score(requests, tools, only=only)`` from a ``score(..., keep=kept)`` call on the same requests
         (``first``: its choices): the requests' own keys/values are reused, so only the packed name tokens of
-        the candidates in ``only`` run; their first token's log-probability is read from ``first``."""
+        the candidates in ``only`` run (one list for every request, or one per request: each row packs its
+        own); their first token's log-probability is read from ``first``."""
         formatted = self.format(requests, tools)
         prefix = self.prefix(tools, formatted[0])
         P = len(prefix)
         cands = [self.formatter.candidate_ids(formatted[0], t.name) for t in tools]
         names = [t.name for t in tools]
-        full = [names.index(n) for n in only]
-        exact = [c in full or len(ids) == 1 for c, ids in enumerate(cands)]
-        packed = [(c, k) for c, ids in enumerate(cands) if exact[c] for k in range(len(ids) - 1)]
+        per_row = only if only and not isinstance(only[0], str) else [only] * len(requests)
+        exact = [[c in {names.index(n) for n in o} or len(ids) == 1 for c, ids in enumerate(cands)] for o in per_row]
+        packs = [[(c, k) for c, ids in enumerate(cands) if ex[c] for k in range(len(ids) - 1)] for ex in exact]
         decoder, head, softcap = decoder_parts(self.model)
         device, out = self.device, []
         bar = tqdm(total=len(formatted), desc=desc, unit="req", disable=not self.progress)
         for b0 in range(0, len(formatted), self.batch_size):
             rows = list(range(b0, min(b0 + self.batch_size, len(formatted))))
             lens = [len(formatted[i].input_ids) - P for i in rows]
-            S, B = max(lens), len(rows)
-            first_lp = torch.tensor([[{**first[i].bounds, **first[i].logprobs}[n] for n in names] for i in rows])
-            scores = first_lp.clone()
-            if packed:
+            S, B, T = max(lens), len(rows), max(len(packs[i]) for i in rows)
+            scores = torch.tensor([[{**first[i].bounds, **first[i].logprobs}[n] for n in names] for i in rows])
+            if T:
                 kv = []
                 for j, (pk, pv) in enumerate(prefix.kv):
                     def pad(x, n):  # [kv, n, d] -> [kv, S, d]
@@ -300,25 +295,30 @@ class ToolChoiceEngine:
                     k = torch.stack([pad(kept[i][j][0], n) for i, n in zip(rows, lens)])
                     v = torch.stack([pad(kept[i][j][1], n) for i, n in zip(rows, lens)])
                     kv.append((torch.cat([pk.expand(B, -1, -1, -1), k], 2), torch.cat([pv.expand(B, -1, -1, -1), v], 2)))
-                ids = torch.tensor([[cands[c][k] for c, k in packed]] * B, device=device)
-                context = torch.tensor([[True] * P + [True] * n + [False] * (S - n) for n in lens], device=device)
-                q_pos = torch.tensor([[P + n + k for _, k in packed] for n in lens], device=device)
-                q_group = torch.tensor([[c + 1 for c, _ in packed]] * B, device=device)
-                lay = Layout.after(context, q_pos, q_group=q_group)
+                # per row: its packed name tokens, right-padded to T (a pad is invalid and in no group)
+                fill = lambda xs, x: xs + [x] * (T - len(xs))  # noqa: E731
+                ids = torch.tensor([fill([cands[c][k] for c, k in packs[i]], 0) for i in rows], device=device)
+                nxt = torch.tensor([fill([cands[c][k + 1] for c, k in packs[i]], 0) for i in rows], device=device)
+                q_pos = torch.tensor([fill([P + n + k for _, k in packs[i]], P + n) for i, n in zip(rows, lens)],
+                                     device=device)
+                q_valid = torch.tensor([fill([True] * len(packs[i]), False) for i in rows], device=device)
+                q_group = torch.tensor([fill([c + 1 for c, _ in packs[i]], 0) for i in rows], device=device)
+                context = torch.tensor([[True] * (P + n) + [False] * (S - n) for n in lens], device=device)
+                lay = Layout.after(context, q_pos, q_valid, q_group)
                 with torch.inference_mode():
                     h = decoder(input_ids=ids, attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
                                 past_key_values=kv_cache(kv), use_cache=True).last_hidden_state
                     logits = head(h).float()
                     if softcap:
                         logits = torch.tanh(logits / softcap) * softcap
-                    nxt = torch.tensor([cands[c][k + 1] for c, k in packed], device=device)
-                    lp = torch.log_softmax(logits, -1).gather(2, nxt[None, :, None].expand(B, -1, 1))[..., 0].cpu()
-                for j, (c, _) in enumerate(packed):
-                    scores[:, c] += lp[:, j]
+                    lp = torch.log_softmax(logits, -1).gather(2, nxt[..., None])[..., 0].cpu()  # [B, T]
+                for r, i in enumerate(rows):
+                    for j, (c, _) in enumerate(packs[i]):
+                        scores[r, c] += lp[r, j]
             for r, i in enumerate(rows):
-                out.append(Choice(formatted[i].text, {n: float(scores[r, c]) for c, n in enumerate(names) if exact[c]},
+                out.append(Choice(formatted[i].text, {n: float(scores[r, c]) for c, n in enumerate(names) if exact[i][c]},
                                   first[i].p_tool, first[i].p_other,
-                                  {n: float(scores[r, c]) for c, n in enumerate(names) if not exact[c]}))
+                                  {n: float(scores[r, c]) for c, n in enumerate(names) if not exact[i][c]}))
             bar.update(B)
         bar.close()
         return out
