@@ -71,6 +71,7 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
     pool = {g: [p for p in prompts.values() if p.tool == g and p.split == cfg["split"] and p.id not in selection]
             for g in CORE_NAMES}
     lists = design([t.name for t in catalog], pool, cfg)
+    ko_ids = knockout_subset(lists, cfg)
     conditions = [c for c in make_conditions(top, L, H, dict(cfg, n_random_singles=0, keys=["desc"], variants=[]))
                   if c["kind"] in ("joint", "random_set")] if top else []
     lm = load_model(model)
@@ -97,9 +98,12 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
                    "margin": [c.logprobs[g] - max(v for n, v in c.logprobs.items() if n != g)
                               for c, g in zip(choices, gold)],
                    "shares": encode(shares)}
-            if spec["count"] in cfg["knockout_counts"] and conditions:
+            sub = [j for j, i in enumerate(spec["requests"]) if i in ko_ids]
+            if spec["count"] in cfg["knockout_counts"] and conditions and sub:
                 t1 = time.time()
-                out.update(knockout(lm, tools, texts, gold, choices, conditions, engine, cfg))
+                out.update(knockout(lm, tools, [texts[j] for j in sub], [gold[j] for j in sub],
+                                    [choices[j] for j in sub], conditions, engine, cfg))
+                out["knockout_rows"] = sub
                 out["knockout_seconds"] = time.time() - t1
             out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
             return out
@@ -141,6 +145,18 @@ def design(catalog: list[str], pool: dict, cfg: dict) -> dict:
             if ids:
                 out[f"n{k:02d}-list{j:02d}"] = {"count": k, "tools": tools, "requests": ids}
                 n, j = n + len(ids), j + 1
+    return out
+
+
+def knockout_subset(lists: dict, cfg: dict) -> set:
+    """The requests of each knockout count that the knockout runs on: ``knockout_requests`` of them drawn at
+    random (seeded per count) from all its lists; 0 = every request."""
+    out = set()
+    for k in cfg["knockout_counts"]:
+        ids = [i for s in lists.values() if s["count"] == k for i in s["requests"]]
+        n = cfg.get("knockout_requests") or len(ids)
+        rng = np.random.default_rng([cfg["seed"], 33, k])
+        out |= {ids[j] for j in rng.permutation(len(ids))[:n]}
     return out
 
 
@@ -325,7 +341,8 @@ def knockout_summary(kd, prompts, conditions, cfg) -> dict:
     """Joint top-head knockout against the random sets, over the lists of one count."""
     clean = [decode(d["clean"]) for _, d in kd]
     knocked = [decode(d["knocked"]) for _, d in kd]
-    gold = [np.array([spec["tools"].index(prompts[i].tool) for i in spec["requests"]]) for spec, _ in kd]
+    gold = [np.array([spec["tools"].index(prompts[spec["requests"][j]].tool) for j in d["knockout_rows"]])
+            for spec, d in kd]
     loss = {}
     for c, cond in enumerate(conditions):
         ok0 = np.concatenate([cl.argmax(1) == g for cl, g in zip(clean, gold)])
@@ -342,7 +359,7 @@ def knockout_summary(kd, prompts, conditions, cfg) -> dict:
     e["margin_change"] = bootstrap_ci(dm, n_resamples=cfg["n_bootstrap"], seed=cfg["seed"])
     rmeans = np.array([loss[n][2].mean() for n in rand])
     rdrops = np.array([(loss[n][0].mean() - loss[n][1].mean()) for n in rand])
-    out = {"joint": e, "random_margin_change_mean": float(rmeans.mean()) if len(rmeans) else None,
+    out = {"joint": e, "clean_accuracy": accuracy(ok0), "n": int(len(ok0)), "random_margin_change_mean": float(rmeans.mean()) if len(rmeans) else None,
            "random_margin_change_p05": float(np.quantile(rmeans, 0.05)) if len(rmeans) else None,
            "random_drop_mean": float(rdrops.mean()) if len(rdrops) else None,
            "empirical_p_margin": float((1 + (rmeans <= dm.mean()).sum()) / (1 + len(rmeans))),
