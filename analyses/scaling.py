@@ -22,7 +22,8 @@ chosen (Phase 1's statistic), compared between counts by Spearman correlation an
 and, at ``knockout_counts``, the joint knockout of Phase 1's top heads (description keys, every
 query after the tool block) against ``n_random_sets`` random sets of as many heads from the same
 layers: accuracy drop (paired, exact McNemar), margin change, and the share of random sets with at
-least the joint set's margin loss. Prompt length, wall time per list and the run's peak memory.
+least the joint set's margin loss. Prompt length; wall time per request and the run's peak memory go to
+the manifest's timings.
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
         done = dict(zip(names, chunks))
         run.timing("scoring_s", sum(d["seconds"] for d in done.values()))
         run.timing("knockout_s", sum(d.get("knockout_seconds", 0.0) for d in done.values()))
+        for k in cfg["counts"]:  # wall clock and memory go to the manifest, never into result.json
+            mine = [d for n, d in done.items() if lists[n]["count"] == k]
+            if mine:
+                run.timing(f"seconds_per_request_{k}", sum(d["seconds"] for d in mine) / sum(len(d["chosen"]) for d in mine))
+        run.timing("peak_rss_gb", max(d["peak_rss_gb"] for d in done.values()))
         summarise(run, cfg, lists, done, prompts, top, conditions, L, H)
 
 
@@ -286,7 +292,6 @@ def summarise(run: Run, cfg, lists, done, prompts, top, conditions, L, H) -> Non
             "entropy_max": float(np.log2(k)),
             "margin": bootstrap_ci([x["margin"] for x in r], n_resamples=nb, seed=seed),
             "prompt_tokens": float(np.mean([done[n]["prompt_tokens"] for n, s in lists.items() if s["count"] == k])),
-            "seconds_per_request": sum(done[n]["seconds"] for n, s in lists.items() if s["count"] == k) / len(r),
             "fallbacks": sum(done[n]["fallbacks"] for n, s in lists.items() if s["count"] == k),
         }
         if top_idx:
@@ -310,8 +315,7 @@ def summarise(run: Run, cfg, lists, done, prompts, top, conditions, L, H) -> Non
                               "accuracy_lo": v["accuracy"]["lo"], "accuracy_hi": v["accuracy"]["hi"],
                               "entropy_all_heads": v["entropy_all_heads"]["value"],
                               "entropy_top_heads": v["entropy_top_heads"]["value"], "entropy_max": v["entropy_max"],
-                              "margin": v["margin"]["value"], "prompt_tokens": v["prompt_tokens"],
-                              "seconds_per_request": v["seconds_per_request"]} for k, v in per.items()])
+                              "margin": v["margin"]["value"], "prompt_tokens": v["prompt_tokens"]} for k, v in per.items()])
     pair = next((s for s in spear if (s["count_a"], s["count_b"]) == (10, 50)), None)
     ko = {k: v["knockout"] for k, v in per.items() if "knockout" in v}
     lo_k, hi_k = min(per, key=int), max(per, key=int)
@@ -330,7 +334,6 @@ def summarise(run: Run, cfg, lists, done, prompts, top, conditions, L, H) -> Non
         "per_count": per,
         "top_heads": [{"layer": l, "head": h} for l, h in top],
         "fallbacks": sum(d["fallbacks"] + d.get("knockout_fallbacks", 0) for d in done.values()),
-        "peak_rss_gb": max(d["peak_rss_gb"] for d in done.values()),
         "n_lists": len(lists),
     }
     run.result(metrics)

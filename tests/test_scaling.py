@@ -82,6 +82,9 @@ def test_analysis_end_to_end(tmp_path, monkeypatch):
         e = m["entropy_by_count"][k]
         assert 0 <= e["value"] <= np.log2(int(k)) + 1e-9
     assert m["head_rank_spearman_10_vs_50"] is not None
+    timings = json.loads((out / "manifest.json").read_text())["timings"]  # wall clock and memory: manifest only
+    assert {"seconds_per_request_2", "seconds_per_request_50", "peak_rss_gb"} <= set(timings)
+    assert "peak_rss_gb" not in m and "seconds_per_request" not in json.dumps(result)
     rows = (out / "requests.csv").read_text().splitlines()
     assert len(rows) == 1 + 18
     selection = {r.split(",")[0] for r in (tmp_path / "smoke" / "tiny-qwen2" / "retrieval_heads" /
