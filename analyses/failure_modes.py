@@ -43,7 +43,7 @@ from toolattn.datasets import load_prompts  # noqa: E402
 from toolattn.models import load_model  # noqa: E402
 from toolattn.scoring import ToolChoiceEngine  # noqa: E402
 from toolattn.similarity import tool_similarity  # noqa: E402
-from toolattn.stats import accuracy, bootstrap_ci, empty, proportion  # noqa: E402
+from toolattn.stats import bootstrap_ci, empty, proportion  # noqa: E402
 from toolattn.tools import core_tools, load_catalog  # noqa: E402
 
 UPSTREAM = ("scaling", "baseline")

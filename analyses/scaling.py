@@ -47,7 +47,7 @@ from toolattn.artifacts import Run, load_profile, load_result, sha256_file  # no
 from toolattn.attention import capture_attention, decision_rows  # noqa: E402
 from toolattn.datasets import load_prompts  # noqa: E402
 from toolattn.knockout import HeadKnockout, certified, margin  # noqa: E402
-from toolattn.models import load_model, model_dims  # noqa: E402
+from toolattn.models import load_model  # noqa: E402
 from toolattn.scoring import ToolChoiceEngine  # noqa: E402
 from toolattn.stats import accuracy, bootstrap_ci, empty, independent_difference  # noqa: E402
 from toolattn.tools import CORE_NAMES, load_catalog  # noqa: E402
@@ -168,8 +168,8 @@ def knockout_subset(lists: dict, cfg: dict) -> set:
 
 def rows_for(prompt_tokens: int, rows: int, cfg: dict) -> int:
     """Rows per forward pass on a list whose prompts have ``prompt_tokens`` tokens: at most ``rows`` and at
-    most ``row_tokens`` cached keys in all (each row holds its own copy of the prefix's keys/values while a
-    layer runs, so memory grows with rows x prompt length)."""
+    most ``row_tokens`` prompt tokens in all (each row's attention logits over the prompt, heads x queries x
+    prompt tokens in float32 while a layer runs, grow with rows x prompt length)."""
     return max(1, min(rows, cfg["row_tokens"] // max(1, prompt_tokens)))
 
 

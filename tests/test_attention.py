@@ -160,3 +160,64 @@ def test_capture_under_knockout_sees_no_description(tiny, tools):
     layer = int(one.any(1).nonzero()[0])
     assert float(w[layer, 2][keys].sum()) < 1e-6
     assert float(w[layer, 1][keys].sum()) > 1e-3
+
+
+# --- shared keys: the prefix read once for all rows ---------------------------------------------------
+
+class _Module:
+    """What an attention function reads from its layer module."""
+
+    def __init__(self, heads: int, kv_heads: int, head_dim: int):
+        self.layer_idx, self.head_dim = 0, head_dim
+        self.num_key_value_groups = heads // kv_heads
+        self.is_causal = True
+
+
+@pytest.mark.parametrize("entries", [1, 3])
+@pytest.mark.parametrize("additive", [False, True])
+def test_shared_keys_equal_keys_copied_per_row(entries, additive):
+    """Attention over ``[shared | own]`` keys, the shared ones passed once per entry (``shared_kv``), equals
+    transformers' sdpa on the same keys copied into every row: GQA, entries shared by several rows, prefix
+    keys masked out for some rows (padding, sliding windows), a query that sees no key at all, knockout
+    (probs path) and captured attention."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from toolattn.attention import Capture, attention_probs, toolattn_attention
+
+    g = torch.Generator().manual_seed(0)
+    H, kvh, d, P, n, q = 6, 2, 8, 11, 5, 4
+    B = 2 * entries
+    mod = _Module(H, kvh, d)
+    query = torch.randn(B, H, q, d, generator=g)
+    ks, vs = torch.randn(entries, kvh, P, d, generator=g), torch.randn(entries, kvh, P, d, generator=g)
+    key, value = torch.randn(B, kvh, n, d, generator=g), torch.randn(B, kvh, n, d, generator=g)
+    full_k = torch.cat([ks.repeat_interleave(B // entries, 0), key], 2)
+    full_v = torch.cat([vs.repeat_interleave(B // entries, 0), value], 2)
+    mask = torch.rand(B, 1, q, P + n, generator=g) > 0.3
+    mask[..., 0] = True  # every query sees a key ...
+    mask[0, 0, 1] = False  # ... but this one (its output is defined as zero here; sdpa's is not compared)
+    seen = mask.any(-1)[:, 0]  # [B, q]
+    m = torch.where(mask, 0.0, -1e30) if additive else mask
+    want, _ = sdpa_attention_forward(mod, query, full_k, full_v, m, scaling=d ** -0.5)
+    got, _ = toolattn_attention(mod, query, key, value, m, shared_kv=[(ks, vs)])
+    assert got.shape == want.shape == (B, q, H, d)
+    assert torch.allclose(got[seen], want[seen], atol=1e-5)  # [B, q] rows of [B, q, H, d]
+    if not additive:  # a query that sees no key: zero, not NaN (an additive mask leaves it uniform)
+        assert torch.equal(got[0, 1], torch.zeros(H, d))
+    probs = attention_probs(mod, query, full_k, mask)
+    shared_probs = attention_probs(mod, query, key, mask, shared=(ks, vs))
+    ok = seen[:, None, :, None].expand_as(probs)
+    assert torch.allclose(shared_probs[ok], probs[ok], atol=1e-6)
+    # knockout (the probs path) and capture index the whole [shared | own] key axis
+    heads = torch.zeros(1, H, dtype=torch.bool)
+    heads[0, 1] = True
+    ko = dict(knockout_heads=heads, knockout_keys=torch.ones(B, 3, dtype=torch.bool),
+              knockout_from=torch.zeros(B, dtype=torch.long))
+    cap_a, cap_b = Capture(), Capture()
+    rows = torch.full((B, 1), q - 1)
+    want, _ = toolattn_attention(mod, query, full_k, full_v, mask, capture=cap_a, capture_rows=rows, **ko)
+    got, _ = toolattn_attention(mod, query, key, value, mask, shared_kv=[(ks, vs)], capture=cap_b, capture_rows=rows, **ko)
+    cap_a.flush(), cap_b.flush()
+    assert torch.allclose(got[seen], want[seen], atol=1e-5)
+    assert torch.allclose(cap_b.weights[0], cap_a.weights[0], atol=1e-6)
+    assert float(cap_b.weights[0][0, :, 1, 0, :3].sum()) < 1e-6  # [layers, B, H, rows, keys]: head 1 sees none of those keys

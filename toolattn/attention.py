@@ -46,53 +46,124 @@ KNOCKOUT_BIAS = -1e9
 
 def toolattn_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                        softcap=None, capture=None, capture_rows=None, knockout_heads=None, knockout_keys=None,
-                       knockout_from=None, atp_alpha=None, **kwargs):
-    """One layer's attention: ``query [batch, heads, q, d]``, ``key/value [batch, kv_heads, keys, d]``,
+                       knockout_from=None, atp_alpha=None, shared_kv=None, **kwargs):
+    """One layer's attention: ``query [batch, heads, q, d]``, ``key/value [batch, kv_heads, n, d]``,
     ``attention_mask`` bool (True = may attend) or additive float ``[batch, 1, q, keys]`` or None (causal).
 
+    ``shared_kv``: per layer ``(keys, values) [batch', kv_heads, P, d]`` that come before the rows' own keys
+    (a prefix that ``batch' `` divides the batch into: row r reads entry ``r // (batch / batch')``); the
+    layer then attends over ``keys = P + n`` keys without copying the shared ones per row (``shared_attention``),
+    and masks, knockout keys and captured attention index that whole ``[shared | own]`` key axis.
     Returns ``(output [batch, q, heads, d], None)`` like transformers' own functions.
     """
     layer = module.layer_idx
-    q, k = query.shape[2], key.shape[2]
+    shared = None if shared_kv is None else shared_kv[layer]
+    q, k = query.shape[2], key.shape[2] + (0 if shared is None else shared[0].shape[2])
     bias = None
     if atp_alpha is not None:
         mask = _causal(attention_mask, q, k, query.device)
-        clean = attention_probs(module, query, key, mask, scaling, softcap)  # [batch, heads, q, keys]
+        clean = attention_probs(module, query, key, mask, scaling, softcap, shared=shared)  # [batch, heads, q, keys]
         every = torch.ones(query.shape[1], dtype=torch.bool, device=query.device)
         knocked = attention_probs(module, query, key, mask, scaling, softcap,
-                                  knockout_bias(every, knockout_keys, knockout_from, q, k, device=query.device))
+                                  knockout_bias(every, knockout_keys, knockout_from, q, k, device=query.device),
+                                  shared=shared)
         probs = clean + atp_alpha[layer].to(query.device)[None, :, None, None] * (knocked - clean)
-        out = torch.matmul(probs.to(value.dtype), repeat_kv(value, module.num_key_value_groups))
-        return out.transpose(1, 2).contiguous(), None
+        return _weighted(module, probs, value, shared), None
     if knockout_heads is not None:
         heads = knockout_heads[layer] if knockout_heads.dim() == 2 else knockout_heads[:, layer]
         if bool(heads.any()):
             bias = knockout_bias(heads, knockout_keys, knockout_from, q, k, device=query.device)
-    if bias is None and softcap is None:
+    if bias is None and softcap is None and shared is not None:
+        out = shared_attention(module, query, key, value, shared, _causal(attention_mask, q, k, query.device), scaling)
+    elif bias is None and softcap is None:
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                         scaling=scaling, **kwargs)
     else:
-        probs = attention_probs(module, query, key, _causal(attention_mask, q, k, query.device), scaling, softcap, bias)
-        out = torch.matmul(probs.to(value.dtype), repeat_kv(value, module.num_key_value_groups))
-        out = out.transpose(1, 2).contiguous()
+        probs = attention_probs(module, query, key, _causal(attention_mask, q, k, query.device), scaling, softcap,
+                                bias, shared=shared)
+        out = _weighted(module, probs, value, shared)
     if capture is not None and capture_rows is not None:
         rows = capture_rows.to(query.device)  # [batch, q_sel]
         mask = _rows(_causal(attention_mask, q, k, query.device), rows)
         capture.record(layer, attention_probs(module, _rows(query, rows), key, mask, scaling, softcap,
-                                              None if bias is None else _rows(bias, rows)))
+                                              None if bias is None else _rows(bias, rows), shared=shared))
     return out, None
 
 
-def attention_probs(module, query, key, attention_mask, scaling=None, softcap=None, bias=None):
-    """Post-softmax attention ``[batch, heads, q, keys]`` (float32), as eager attention computes it.
+def shared_attention(module, query, key, value, shared, mask, scaling=None) -> torch.Tensor:
+    """Softmax attention over ``[shared | own]`` keys, the shared keys read once for all rows.
 
-    ``attention_mask``: bool (True = may attend) or additive float, ``[batch or 1, 1, q, keys]``;
-    ``bias [batch, heads, q, keys]`` (knockout) is added after the softcap.
+    ``query [B, H, q, d]``; own ``key/value [B, kvh, n, d]``; ``shared = (keys, values) [B', kvh, P, d]``
+    (``B' `` divides ``B``: R = B / B' rows per entry); ``mask [B or 1, 1, q, P + n]`` bool or additive.
+    Grouped-query heads stay grouped (G = H / kvh query heads per key head): the shared part is one
+    matmul of ``[B', kvh, R*G*q, d]`` queries on ``[B', kvh, P, d]`` keys; the two parts are merged with
+    one running maximum (the softmax over their concatenation), logits and weights in float32.
+    Returns ``[B, q, H, d]``.
     """
     if scaling is None:
         scaling = module.head_dim ** -0.5
-    keys = repeat_kv(key, module.num_key_value_groups)  # GQA: one copy of each KV head per query head
-    logits = torch.matmul(query.float(), keys.float().transpose(2, 3)) * scaling
+    ks, vs = shared
+    B, H, q, d = query.shape
+    Bs, kvh, P, _ = ks.shape
+    R, G, n = B // Bs, H // kvh, key.shape[2]
+    query = query * scaling  # [B, H, q, d]: scaled once, before the matmuls (cheaper than scaling logits)
+    qs = query.reshape(Bs, R, kvh, G * q, d).transpose(1, 2).reshape(Bs, kvh, R * G * q, d)
+    ls = torch.matmul(qs, ks.transpose(2, 3)).float().view(Bs, kvh, R, G, q, P)
+    lo = torch.matmul(query.reshape(B, kvh, G * q, d), key.transpose(2, 3)).float().view(B, kvh, G, q, n)
+    mask = mask.expand(B, 1, q, P + n)
+    ms = mask[..., :P].reshape(Bs, R, 1, q, P).transpose(1, 2)[:, :, :, None]  # [B', 1, R, 1, q, P]
+    mo = mask[..., P:][:, :, None]  # [B, 1, 1, q, n]
+    if mask.dtype == torch.bool:
+        if not bool(ms.all()):
+            ls = ls.masked_fill(~ms, float("-inf"))
+        lo = lo.masked_fill(~mo, float("-inf"))
+    else:
+        ls, lo = ls + ms.float(), lo + mo.float()
+    lo = lo.view(Bs, R, kvh, G, q, n).transpose(1, 2)  # [B', kvh, R, G, q, n]
+    top = torch.maximum(ls.amax(-1), lo.amax(-1))
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))[..., None]  # a row that sees no key: 0
+    es, eo = ls.sub_(top).exp_(), (lo - top).exp_()  # ls is a fresh tensor: in place
+    total = (es.sum(-1) + eo.sum(-1)).clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+    out = torch.matmul(es.view(Bs, kvh, R * G * q, P).to(vs.dtype), vs).view(Bs, kvh, R, G, q, d).float()
+    own = torch.matmul(eo.transpose(1, 2).reshape(B, kvh, G * q, n).to(value.dtype), value)
+    out = (out + own.view(Bs, R, kvh, G, q, d).transpose(1, 2).float()) / total  # [B', kvh, R, G, q, d]
+    return out.permute(0, 2, 4, 1, 3, 5).reshape(B, q, H, d).to(query.dtype)
+
+
+def _weighted(module, probs, value, shared) -> torch.Tensor:
+    """``probs [B, H, q, keys]`` applied to the values (``[shared | own]`` when ``shared``) -> ``[B, q, H, d]``."""
+    G = module.num_key_value_groups
+    if shared is None:
+        out = torch.matmul(probs.to(value.dtype), repeat_kv(value, G))
+        return out.transpose(1, 2).contiguous()
+    vs = shared[1]
+    P, B, Bs = vs.shape[2], probs.shape[0], vs.shape[0]
+    own = torch.matmul(probs[..., P:].to(value.dtype), repeat_kv(value, G))  # [B, H, q, d]
+    R, H, q = B // Bs, probs.shape[1], probs.shape[2]
+    ps = probs[..., :P].reshape(Bs, R, H, q, P).transpose(1, 2).reshape(Bs, H, R * q, P)
+    out = torch.matmul(ps.to(vs.dtype), repeat_kv(vs, G)).view(Bs, H, R, q, -1).transpose(1, 2)
+    return (out.reshape(B, H, q, -1) + own).transpose(1, 2).contiguous()
+
+
+def attention_probs(module, query, key, attention_mask, scaling=None, softcap=None, bias=None, shared=None):
+    """Post-softmax attention ``[batch, heads, q, keys]`` (float32), as eager attention computes it.
+
+    ``attention_mask``: bool (True = may attend) or additive float, ``[batch or 1, 1, q, keys]``;
+    ``bias [batch, heads, q, keys]`` (knockout) is added after the softcap; ``shared``: keys/values before
+    the own keys (``toolattn_attention``), so ``keys = P + n``.
+    """
+    if scaling is None:
+        scaling = module.head_dim ** -0.5
+    G = module.num_key_value_groups
+    logits = torch.matmul(query.float(), repeat_kv(key, G).float().transpose(2, 3)) * scaling
+    if shared is not None:  # the shared keys, once per entry of shared: [B', H, R * q, P] -> [B, H, q, P]
+        ks = shared[0]
+        B, H, q, _ = query.shape
+        Bs, P = ks.shape[0], ks.shape[2]
+        qs = query.reshape(Bs, B // Bs, H, q, -1).transpose(1, 2).reshape(Bs, H, -1, query.shape[3])
+        ls = torch.matmul(qs.float(), repeat_kv(ks, G).float().transpose(2, 3)) * scaling
+        ls = ls.view(Bs, H, B // Bs, q, P).transpose(1, 2).reshape(B, H, q, P)
+        logits = torch.cat([ls, logits], -1)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     if bias is not None:

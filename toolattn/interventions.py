@@ -45,7 +45,9 @@ from dataclasses import dataclass, field
 
 import nnsight
 import torch
+from transformers import DynamicCache
 
+from .attention import use_toolattn
 from .device import model_device, to_numpy_ready
 from .layout import Layout
 from .models import LoadedModel
@@ -296,16 +298,16 @@ class Intervener:
                 for i in range(self.layers)]
 
     def _request_forward(self, batch: Batch, shared_kv, edits, read_at=None, skip=None):
-        B = batch.ids.shape[0]
+        """Returns ``(h, reads, request_kv)``: the request tokens' own keys/values per layer (the shared
+        ones are read by every row without a copy: ``shared_kv`` of ``toolattn_attention``)."""
         P = shared_kv[0][0].shape[2]
         lay = Layout.span(P, batch.valid)
-        cache = kv_cache(shared_kv, B)
-        with torch.inference_mode():
+        cache = DynamicCache()
+        with torch.inference_mode(), use_toolattn(self.model):
             h, reads = traced_forward(self.net, edits, read_at, skip, input_ids=batch.ids,
                                       attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
-                                      past_key_values=cache, use_cache=True)
-        # keep only the request tokens' keys/values (a copy, so the shared part is not held per batch)
-        return h, reads, [(layer.keys[:, :, P:].clone(), layer.values[:, :, P:].clone()) for layer in cache.layers]
+                                      past_key_values=cache, use_cache=True, shared_kv=shared_kv)
+        return h, reads, [(layer.keys, layer.values) for layer in cache.layers]
 
     def decision(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(p_tool, p_other)``, each ``[batch]``, from final hidden states ``[batch, hidden]``."""
@@ -451,9 +453,7 @@ class Intervener:
         for batch, request_kv in zip(batches, clean.caches):
             B, S = batch.ids.shape
             P, dev = batch.start, self.device
-            cache = kv_cache(shared_kv, C * B)
-            for i, (k, v) in enumerate(request_kv):  # rows: condition-major, [C * B]
-                cache.update(k.repeat(C, 1, 1, 1), v.repeat(C, 1, 1, 1), i)
+            cache = kv_cache([(k.repeat(C, 1, 1, 1), v.repeat(C, 1, 1, 1)) for k, v in request_kv])  # condition-major
             rows = torch.arange(B, device=dev)
             # the reply token alone, after the shared keys and the request keys before it
             earlier = torch.cat([torch.ones(B, P, dtype=torch.bool, device=dev),
@@ -466,10 +466,10 @@ class Intervener:
                                    for s, src in conditions])[:, None]  # [C * B, 1, hidden]
                 where = torch.tensor([s == site for s, _ in conditions], device=dev).repeat_interleave(B)[:, None]
                 edits.append(Edit(layer, site, value, where))
-            with torch.inference_mode():
+            with torch.inference_mode(), use_toolattn(self.model):
                 h, _ = traced_forward(self.net, edits, input_ids=batch.ids[rows, batch.reply][:, None].repeat(C, 1),
                                       attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
-                                      past_key_values=cache, use_cache=True)
+                                      past_key_values=cache, use_cache=True, shared_kv=shared_kv)
             pt, po = self.decision(h[:, 0])
             p.append(pt.view(C, B)), o.append(po.view(C, B))
         return [Readout(in_order([x[c] for x in p], batches), in_order([x[c] for x in o], batches)) for c in range(C)]

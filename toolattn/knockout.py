@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import nnsight
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from .attention import KEYS, use_toolattn
 from .device import model_device, to_numpy_ready
@@ -142,8 +143,8 @@ class HeadKnockout:
             with torch.inference_mode(), use_toolattn(self.model):
                 h, reads = traced_forward(self.net, [], "all", input_ids=packed.ids,
                                           attention_mask=packed.layout.masks(self.model),
-                                          position_ids=packed.layout.q_pos,
-                                          past_key_values=kv_cache(self.shared_kv, len(part)), use_cache=True)
+                                          position_ids=packed.layout.q_pos, past_key_values=DynamicCache(),
+                                          use_cache=True, shared_kv=self.shared_kv)
                 scores.append(self.engine.read(h, packed)[0])
             self.batches.append(_Batch(index, part, packed, reads["resid"]))
         self.clean_scores = self._in_order(scores)  # [n, N]
@@ -188,43 +189,34 @@ class HeadKnockout:
         heads = heads.to(dev)
         tail_keys = self.batches[0].keys(keys, dev)[:1].expand(C, -1)  # the tool block is the same in every request
         with torch.inference_mode(), use_toolattn(self.model):
-            # the shared tail, once per condition
-            cache = kv_cache(self.tool_kv, C)
+            # the shared tail, once per condition, after the tool block (read by every row without a copy)
+            cache = DynamicCache()
             lay = self.tail_layout
             traced_forward(self.net, [], None, {i: self.tail_resid[i].expand(C, -1, -1) for i in range(below)},
                            input_ids=self.tail_ids.expand(C, -1),
                            attention_mask={k: m.expand(C, -1, -1, -1) for k, m in lay.masks(self.model).items()},
                            position_ids=lay.q_pos.expand(C, -1), past_key_values=cache, use_cache=True,
-                           knockout_heads=heads, knockout_keys=tail_keys,
+                           shared_kv=self.tool_kv, knockout_heads=heads, knockout_keys=tail_keys,
                            knockout_from=torch.zeros(C, dtype=torch.long, device=dev))
-            tail_kv = [(cache.layers[i].keys[:, :, self.T :], cache.layers[i].values[:, :, self.T :])
-                       if i >= below else None for i in range(self.n_layers)]
+            # per layer, the tail's keys/values of each condition [C, kv, S, d] (a skipped layer: the clean ones)
+            tail_kv = [(cache.layers[i].keys, cache.layers[i].values) if i >= below else
+                       (k[:, :, self.T :].expand(C, -1, -1, -1), v[:, :, self.T :].expand(C, -1, -1, -1))
+                       for i, (k, v) in enumerate(self.shared_kv)]
             scores = []
             for b in self.batches:
                 B = len(b.index)
-                # Every layer's cache starts as the clean shared keys/values, expanded without a copy (what
-                # the skipped layers leave unread); a layer that runs gets its rows' own tool block + tail
-                # just before it runs and gives them back after, so one layer's copies exist at a time.
-                kv = [(k.expand(C * B, -1, -1, -1), v.expand(C * B, -1, -1, -1)) for k, v in self.shared_kv]
-                cache = kv_cache(kv)
-                hooks = []
-                for i in range(below, self.n_layers):
-                    tk, tv = self.tool_kv[i]
-                    rows = (torch.cat([tk.expand(C, -1, -1, -1), tail_kv[i][0]], 2),
-                            torch.cat([tv.expand(C, -1, -1, -1), tail_kv[i][1]], 2))  # [C, kv, P, d]
-                    hooks += _swap_cache(self.decoder.layers[i], cache.layers[i], rows, B, kv[i])
+                # rows are condition-major [C * B]; each row's own keys start with its condition's tail (a few
+                # tokens, copied per row), after the tool block that every row reads without a copy
+                own = kv_cache([(k.repeat_interleave(B, 0), v.repeat_interleave(B, 0)) for k, v in tail_kv])
                 lay = b.packed.layout
-                try:
-                    h, _ = traced_forward(
-                        self.net, [], None, {i: b.resid[i].repeat(C, 1, 1) for i in range(below)},
-                        input_ids=b.packed.ids.repeat(C, 1),
-                        attention_mask={k: m.repeat(C, 1, 1, 1) for k, m in lay.masks(self.model).items()},
-                        position_ids=lay.q_pos.repeat(C, 1), past_key_values=cache, use_cache=True,
-                        knockout_heads=heads.repeat_interleave(B, 0), knockout_keys=b.keys(keys, dev).repeat(C, 1),
-                        knockout_from=torch.zeros(C * B, dtype=torch.long, device=dev))
-                finally:
-                    for hk in hooks:
-                        hk.remove()
+                h, _ = traced_forward(
+                    self.net, [], None, {i: b.resid[i].repeat(C, 1, 1) for i in range(below)},
+                    input_ids=b.packed.ids.repeat(C, 1),
+                    attention_mask={k: m.repeat(C, 1, 1, 1) for k, m in lay.masks(self.model).items()},
+                    position_ids=lay.q_pos.repeat(C, 1), past_key_values=own, use_cache=True,
+                    shared_kv=self.tool_kv, knockout_heads=heads.repeat_interleave(B, 0),
+                    knockout_keys=b.keys(keys, dev).repeat(C, 1),
+                    knockout_from=torch.zeros(C * B, dtype=torch.long, device=dev))
                 scores.append(self.engine.read(h, b.packed)[0].reshape(C, B, -1))
         return self._in_order(scores, 1)
 
@@ -266,7 +258,7 @@ class HeadKnockout:
     def _interpolated(self, b: _Batch, alpha: torch.Tensor, keys: str) -> torch.Tensor:
         """Scores ``[B, N]`` of batch ``b`` with every head's pattern ``A + alpha[l, h] * (A_ko - A)``
         (``alpha [L, H]``; one-hot 1 is the knockout of that head); inside ``use_toolattn``."""
-        B, zeros = len(b.index), torch.zeros(len(b.index), dtype=torch.long, device=self.device)
+        zeros = torch.zeros(len(b.index), dtype=torch.long, device=self.device)
         cache = kv_cache(self.tool_kv, 1)
         lay = self.tail_layout
         self.decoder(input_ids=self.tail_ids, attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
@@ -275,7 +267,7 @@ class HeadKnockout:
         kv = [(layer.keys, layer.values) for layer in cache.layers]  # [1, kv, P, d], with their graph
         lay = b.packed.layout
         h = self.decoder(input_ids=b.packed.ids, attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
-                         past_key_values=kv_cache(kv, B), use_cache=True, atp_alpha=alpha,
+                         past_key_values=DynamicCache(), use_cache=True, shared_kv=kv, atp_alpha=alpha,
                          knockout_keys=b.keys(keys, self.device),
                          knockout_from=zeros).last_hidden_state
         return self.engine.read(h, b.packed)[0]
@@ -286,20 +278,6 @@ class HeadKnockout:
         with torch.inference_mode(), use_toolattn(self.model):
             return self._in_order([self._interpolated(b, alpha.to(self.device), _check_keys(keys or self.keys))
                                    for b in self.batches])
-
-
-def _swap_cache(layer, cache_layer, rows, B: int, idle) -> list:
-    """Hooks on decoder ``layer``: just before it runs, its cache holds ``rows`` (per condition
-    ``[C, kv, P, d]``) repeated for the ``B`` requests of each condition; after it, ``idle`` again."""
-
-    def before(module, args, kwargs):
-        cache_layer.keys, cache_layer.values = (x.repeat_interleave(B, 0) for x in rows)
-
-    def after(module, args, kwargs, output):
-        cache_layer.keys, cache_layer.values = idle
-
-    return [layer.register_forward_pre_hook(before, with_kwargs=True),
-            layer.register_forward_hook(after, with_kwargs=True)]
 
 
 def _check_keys(keys: str) -> str:

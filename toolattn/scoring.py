@@ -1,7 +1,9 @@
 """The tool-choice engine: forced choice, P(tool), and free generation, on a shared prefix.
 
 Every request with the same tool list shares the tokens of the tool block, so their keys and
-values are computed once (``PrefixCache``) and broadcast to a batch of requests. A batch is one
+values are computed once (``PrefixCache``) and read by every request of a batch without a copy per
+row (``shared_kv`` of ``toolattn.attention.toolattn_attention``: one matmul of all rows' queries on
+the shared keys, grouped-query heads kept grouped; only the rows' own keys are cached). A batch is one
 forward pass over ``[request suffix (right-padded) | all candidate names, packed]``: each
 candidate's tokens attend to the shared context and to their own earlier tokens only (a tree
 mask), so all candidates of all requests are scored together without copying the cache per
@@ -15,7 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
+from .attention import use_toolattn
 from .device import model_device
 from .layout import Layout
 from .models import LoadedModel
@@ -123,8 +127,14 @@ class PrefixCache:
         self.kv = [(layer.keys, layer.values) for layer in cache.layers]  # each [1, kv_heads, n, head_dim]
 
     def expand(self, batch: int):
-        """A fresh cache holding the prefix for ``batch`` rows."""
+        """A fresh cache holding the prefix for ``batch`` rows (a copy per row once a layer runs; the engine
+        instead passes ``shared()`` to the attention function)."""
         return kv_cache(self.kv, batch)
+
+    def shared(self) -> dict:
+        """Decoder keyword arguments that put the prefix before every row's own keys without a copy per row
+        (``toolattn.attention.toolattn_attention``'s ``shared_kv``; the model must run on it: ``use_toolattn``)."""
+        return {"shared_kv": self.kv}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -249,14 +259,15 @@ class ToolChoiceEngine:
                 raise ValueError("a request does not share the tool-block prefix; format them with the same tool list")
         packed = self.pack(batch, P, cands, full)
         decoder, _, _ = decoder_parts(self.model)
-        cache = prefix.expand(len(batch))
-        with torch.inference_mode():
+        cache = DynamicCache()  # the rows' own keys/values; the prefix's are shared
+        with torch.inference_mode(), use_toolattn(self.model):
             h = decoder(input_ids=packed.ids, attention_mask=packed.layout.masks(self.model),
                         position_ids=packed.layout.q_pos, past_key_values=cache, use_cache=True,
-                        **(extra or {})).last_hidden_state
+                        **prefix.shared(), **(extra or {})).last_hidden_state
             scores, p_tool, p_other = self.read(h, packed, open_ids)
             if keep is not None:  # each request's own tokens, [kv_heads, n, head_dim] per layer
-                keep += [[(layer.keys[b, :, P : len(f.input_ids)].clone(), layer.values[b, :, P : len(f.input_ids)].clone())
+                keep += [[(layer.keys[b, :, : len(f.input_ids) - P].clone(),
+                           layer.values[b, :, : len(f.input_ids) - P].clone())
                           for layer in cache.layers] for b, f in enumerate(batch)]
         scores, p_tool, p_other = scores.cpu(), p_tool.cpu(), p_other.cpu()
         exact = packed.exact
@@ -288,13 +299,10 @@ class ToolChoiceEngine:
             S, B, T = max(lens), len(rows), max(len(packs[i]) for i in rows)
             scores = torch.tensor([[{**first[i].bounds, **first[i].logprobs}[n] for n in names] for i in rows])
             if T:
-                kv = []
-                for j, (pk, pv) in enumerate(prefix.kv):
-                    def pad(x, n):  # [kv, n, d] -> [kv, S, d]
-                        return torch.nn.functional.pad(x, (0, 0, 0, S - n))
-                    k = torch.stack([pad(kept[i][j][0], n) for i, n in zip(rows, lens)])
-                    v = torch.stack([pad(kept[i][j][1], n) for i, n in zip(rows, lens)])
-                    kv.append((torch.cat([pk.expand(B, -1, -1, -1), k], 2), torch.cat([pv.expand(B, -1, -1, -1), v], 2)))
+                def pad(x, n):  # [kv, n, d] -> [kv, S, d]
+                    return torch.nn.functional.pad(x, (0, 0, 0, S - n))
+                kv = [(torch.stack([pad(kept[i][j][0], n) for i, n in zip(rows, lens)]),
+                       torch.stack([pad(kept[i][j][1], n) for i, n in zip(rows, lens)])) for j in range(len(prefix.kv))]
                 # per row: its packed name tokens, right-padded to T (a pad is invalid and in no group)
                 fill = lambda xs, x: xs + [x] * (T - len(xs))  # noqa: E731
                 ids = torch.tensor([fill([cands[c][k] for c, k in packs[i]], 0) for i in rows], device=device)
@@ -305,9 +313,9 @@ class ToolChoiceEngine:
                 q_group = torch.tensor([fill([c + 1 for c, _ in packs[i]], 0) for i in rows], device=device)
                 context = torch.tensor([[True] * (P + n) + [False] * (S - n) for n in lens], device=device)
                 lay = Layout.after(context, q_pos, q_valid, q_group)
-                with torch.inference_mode():
+                with torch.inference_mode(), use_toolattn(self.model):
                     h = decoder(input_ids=ids, attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
-                                past_key_values=kv_cache(kv), use_cache=True).last_hidden_state
+                                past_key_values=kv_cache(kv), use_cache=True, **prefix.shared()).last_hidden_state
                     logits = head(h).float()
                     if softcap:
                         logits = torch.tanh(logits / softcap) * softcap
@@ -441,12 +449,12 @@ class ToolChoiceEngine:
                                           device=device))
         lengths = torch.tensor([len(s) for s in suffixes], device=device)
         decoder, head, _ = decoder_parts(self.model)
-        cache = prefix.expand(B)
+        cache, shared = DynamicCache(), prefix.shared()
         out = [[] for _ in range(B)]
         done = [False] * B
-        with torch.inference_mode():
+        with torch.inference_mode(), use_toolattn(self.model):
             h = decoder(input_ids=inp, attention_mask=lay.masks(self.model), position_ids=lay.q_pos,
-                        past_key_values=cache, use_cache=True).last_hidden_state
+                        past_key_values=cache, use_cache=True, **shared).last_hidden_state
             last = h[torch.arange(B, device=device), lengths - 1]
             for step in range(max_new):
                 nxt = head(last).float().argmax(-1)
@@ -459,7 +467,7 @@ class ToolChoiceEngine:
                     break
                 lay = lay.extend((P + lengths + step)[:, None])
                 h = decoder(input_ids=nxt[:, None], attention_mask=lay.masks(self.model),
-                            position_ids=lay.q_pos, past_key_values=cache, use_cache=True).last_hidden_state
+                            position_ids=lay.q_pos, past_key_values=cache, use_cache=True, **shared).last_hidden_state
                 last = h[:, 0]
         return out
 
