@@ -175,11 +175,13 @@ class _Module:
 
 @pytest.mark.parametrize("entries", [1, 3])
 @pytest.mark.parametrize("additive", [False, True])
-def test_shared_keys_equal_keys_copied_per_row(entries, additive):
+@pytest.mark.parametrize("prefix_visible", [False, True])
+def test_shared_keys_equal_keys_copied_per_row(entries, additive, prefix_visible):
     """Attention over ``[shared | own]`` keys, the shared ones passed once per entry (``shared_kv``), equals
     transformers' sdpa on the same keys copied into every row: GQA, entries shared by several rows, prefix
     keys masked out for some rows (padding, sliding windows), a query that sees no key at all, knockout
-    (probs path) and captured attention."""
+    (probs path) and captured attention; shared keys given as a slice of a longer cache, as the knockout
+    does. (The fused-kernel path of CUDA bf16 is tested in test_device.)"""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from toolattn.attention import Capture, attention_probs, toolattn_attention
@@ -189,20 +191,23 @@ def test_shared_keys_equal_keys_copied_per_row(entries, additive):
     B = 2 * entries
     mod = _Module(H, kvh, d)
     query = torch.randn(B, H, q, d, generator=g)
-    ks, vs = torch.randn(entries, kvh, P, d, generator=g), torch.randn(entries, kvh, P, d, generator=g)
+    ks, vs = torch.randn(entries, kvh, P + 3, d, generator=g), torch.randn(entries, kvh, P + 3, d, generator=g)
+    ks, vs = ks[:, :, :P], vs[:, :, :P]  # not contiguous
     key, value = torch.randn(B, kvh, n, d, generator=g), torch.randn(B, kvh, n, d, generator=g)
     full_k = torch.cat([ks.repeat_interleave(B // entries, 0), key], 2)
     full_v = torch.cat([vs.repeat_interleave(B // entries, 0), value], 2)
     mask = torch.rand(B, 1, q, P + n, generator=g) > 0.3
     mask[..., 0] = True  # every query sees a key ...
     mask[0, 0, 1] = False  # ... but this one (its output is defined as zero here; sdpa's is not compared)
+    if prefix_visible:
+        mask[..., :P] = True
     seen = mask.any(-1)[:, 0]  # [B, q]
     m = torch.where(mask, 0.0, -1e30) if additive else mask
     want, _ = sdpa_attention_forward(mod, query, full_k, full_v, m, scaling=d ** -0.5)
     got, _ = toolattn_attention(mod, query, key, value, m, shared_kv=[(ks, vs)])
     assert got.shape == want.shape == (B, q, H, d)
     assert torch.allclose(got[seen], want[seen], atol=1e-5)  # [B, q] rows of [B, q, H, d]
-    if not additive:  # a query that sees no key: zero, not NaN (an additive mask leaves it uniform)
+    if not additive and not prefix_visible:  # a query that sees no key: zero, not NaN (additive: uniform)
         assert torch.equal(got[0, 1], torch.zeros(H, d))
     probs = attention_probs(mod, query, full_k, mask)
     shared_probs = attention_probs(mod, query, key, mask, shared=(ks, vs))

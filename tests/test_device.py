@@ -244,3 +244,28 @@ def test_cuda_pruned_choice_and_partial_knockout_equal_cpu(catalog_tools):
         assert all(abs(a.logprobs[n] - b.logprobs[n]) < 1e-3 for n in a.logprobs)
     assert torch.equal(e0, e1)
     assert torch.allclose(s0, s1, atol=1e-3) and torch.allclose(k0, k1, atol=1e-3)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_shared_keys_equal_keys_copied_per_row(dtype):
+    """On a GPU, attention over shared keys (the fused kernel with its log-sum-exp in bf16, written out in
+    float32) equals sdpa over the same keys copied into every row."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from toolattn.attention import toolattn_attention
+
+    class Module:
+        layer_idx, head_dim, num_key_value_groups, is_causal = 0, 128, 4, True
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    B, H, kvh, d, P, n, q = 6, 8, 2, 128, 300, 20, 12
+    rnd = lambda *s: torch.randn(*s, generator=g, device="cuda").to(dtype)  # noqa: E731
+    query, ks, vs, key, value = rnd(B, H, q, d), rnd(1, kvh, P, d), rnd(1, kvh, P, d), rnd(B, kvh, n, d), rnd(B, kvh, n, d)
+    mask = torch.ones(B, 1, q, P + n, dtype=torch.bool, device="cuda")
+    mask[..., P:] = torch.rand(B, 1, q, n, generator=g, device="cuda") > 0.3
+    want, _ = sdpa_attention_forward(Module(), query, torch.cat([ks.expand(B, -1, -1, -1), key], 2),
+                                     torch.cat([vs.expand(B, -1, -1, -1), value], 2), mask, scaling=d ** -0.5)
+    got, _ = toolattn_attention(Module(), query, key, value, mask, shared_kv=[(ks, vs)])
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    assert got.dtype == dtype and torch.allclose(got.float(), want.float(), atol=tol)

@@ -96,9 +96,10 @@ def shared_attention(module, query, key, value, shared, mask, scaling=None) -> t
     ``query [B, H, q, d]``; own ``key/value [B, kvh, n, d]``; ``shared = (keys, values) [B', kvh, P, d]``
     (``B' `` divides ``B``: R = B / B' rows per entry); ``mask [B or 1, 1, q, P + n]`` bool or additive.
     Grouped-query heads stay grouped (G = H / kvh query heads per key head): the shared part is one
-    matmul of ``[B', kvh, R*G*q, d]`` queries on ``[B', kvh, P, d]`` keys; the two parts are merged with
-    one running maximum (the softmax over their concatenation), logits and weights in float32.
-    Returns ``[B, q, H, d]``.
+    attention of ``[B', kvh, R*G*q, d]`` queries on ``[B', kvh, P, d]`` keys -- torch's fused kernel,
+    which also gives its log-sum-exp, when every query sees every shared key (``_fused``), else written
+    out with the mask -- and the own part is written out; the two are merged by their log-sum-exps
+    (the softmax over the concatenation), in float32. Returns ``[B, q, H, d]``.
     """
     if scaling is None:
         scaling = module.head_dim ** -0.5
@@ -106,28 +107,51 @@ def shared_attention(module, query, key, value, shared, mask, scaling=None) -> t
     B, H, q, d = query.shape
     Bs, kvh, P, _ = ks.shape
     R, G, n = B // Bs, H // kvh, key.shape[2]
-    query = query * scaling  # [B, H, q, d]: scaled once, before the matmuls (cheaper than scaling logits)
-    qs = query.reshape(Bs, R, kvh, G * q, d).transpose(1, 2).reshape(Bs, kvh, R * G * q, d)
-    ls = torch.matmul(qs, ks.transpose(2, 3)).float().view(Bs, kvh, R, G, q, P)
-    lo = torch.matmul(query.reshape(B, kvh, G * q, d), key.transpose(2, 3)).float().view(B, kvh, G, q, n)
     mask = mask.expand(B, 1, q, P + n)
     ms = mask[..., :P].reshape(Bs, R, 1, q, P).transpose(1, 2)[:, :, :, None]  # [B', 1, R, 1, q, P]
     mo = mask[..., P:][:, :, None]  # [B, 1, 1, q, n]
-    if mask.dtype == torch.bool:
-        if not bool(ms.all()):
+    boolean = mask.dtype == torch.bool
+    fused = _fused(query) if boolean and bool(ms.all()) else None
+    if fused is not None:  # normalised output and log-sum-exp of the shared part
+        qs = query.reshape(Bs, R, kvh, G * q, d).transpose(1, 2).reshape(Bs, kvh, R * G * q, d)
+        out_s, lse_s = fused(qs, ks, vs, scaling)
+        out_s, lse_s = out_s.float().view(Bs, kvh, R, G, q, d), lse_s.float().view(Bs, kvh, R, G, q)
+    query = query * scaling  # scaled once, before the matmuls (cheaper than scaling logits)
+    if fused is None:
+        qs = query.reshape(Bs, R, kvh, G * q, d).transpose(1, 2).reshape(Bs, kvh, R * G * q, d)
+        ls = torch.matmul(qs, ks.transpose(2, 3)).float().view(Bs, kvh, R, G, q, P)
+        if not boolean:
+            ls = ls + ms.float()
+        elif not bool(ms.all()):
             ls = ls.masked_fill(~ms, float("-inf"))
-        lo = lo.masked_fill(~mo, float("-inf"))
-    else:
-        ls, lo = ls + ms.float(), lo + mo.float()
+    lo = torch.matmul(query.reshape(B, kvh, G * q, d), key.transpose(2, 3)).float().view(B, kvh, G, q, n)
+    lo = lo.masked_fill(~mo, float("-inf")) if boolean else lo + mo.float()
     lo = lo.view(Bs, R, kvh, G, q, n).transpose(1, 2)  # [B', kvh, R, G, q, n]
-    top = torch.maximum(ls.amax(-1), lo.amax(-1))
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))[..., None]  # a row that sees no key: 0
-    es, eo = ls.sub_(top).exp_(), (lo - top).exp_()  # ls is a fresh tensor: in place
-    total = (es.sum(-1) + eo.sum(-1)).clamp_min(torch.finfo(torch.float32).tiny)[..., None]
-    out = torch.matmul(es.view(Bs, kvh, R * G * q, P).to(vs.dtype), vs).view(Bs, kvh, R, G, q, d).float()
+    top = torch.maximum(lse_s if fused is not None else ls.amax(-1), lo.amax(-1))
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row that sees no key: 0
+    eo = (lo - top[..., None]).exp_()
+    if fused is not None:
+        ws = (lse_s - top).exp_()
+        total, out = ws + eo.sum(-1), out_s * ws[..., None]
+    else:
+        es = ls.sub_(top[..., None]).exp_()  # ls is a fresh tensor: in place
+        total = es.sum(-1) + eo.sum(-1)
+        out = torch.matmul(es.view(Bs, kvh, R * G * q, P).to(vs.dtype), vs).view(Bs, kvh, R, G, q, d).float()
     own = torch.matmul(eo.transpose(1, 2).reshape(B, kvh, G * q, n).to(value.dtype), value)
-    out = (out + own.view(Bs, R, kvh, G, q, d).transpose(1, 2).float()) / total  # [B', kvh, R, G, q, d]
+    out = (out + own.view(Bs, R, kvh, G, q, d).transpose(1, 2).float())
+    out = out / total.clamp_min(torch.finfo(torch.float32).tiny)[..., None]  # [B', kvh, R, G, q, d]
     return out.permute(0, 2, 4, 1, 3, 5).reshape(B, q, H, d).to(query.dtype)
+
+
+def _fused(query):
+    """torch's fused flash-attention kernel, which also returns the log-sum-exp, where it serves
+    ``query``'s device and dtype: ``fn(q, k, v, scale) -> (output, logsumexp)`` on ``[batch, heads, n, d]``
+    tensors with as many query as key heads. CUDA in bf16/fp16 only; None elsewhere (the written-out
+    path: on the CPU it is the one the pinned fast numbers come from)."""
+    if query.device.type == "cuda" and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
+        op = torch.ops.aten._scaled_dot_product_flash_attention
+        return lambda q, k, v, scale: op(q, k.contiguous(), v.contiguous(), 0.0, False, False, scale=scale)[:2]
+    return None
 
 
 def _weighted(module, probs, value, shared) -> torch.Tensor:
