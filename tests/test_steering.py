@@ -143,3 +143,20 @@ def test_save_load_round_trip(setup, tmp_path):
     with pytest.raises(FileNotFoundError):
         Steerer.load(tmp_path / "nothing")
 
+
+
+def test_command_line_steer(setup, tmp_path, capsys, monkeypatch):
+    """``python -m toolattn steer`` prints what ``Steerer.predict`` reads; a missing steerer is one clear error."""
+    from toolattn import cli
+
+    lm, iv, texts, fs, clean, steerer = setup
+    steerer.save(tmp_path / "s")
+    monkeypatch.setattr("toolattn.models.load_model", lambda name, **kw: lm)
+    cli.main(["steer", "Why do cats purr?", "--model", lm.name, "--steerer", str(tmp_path / "s"),
+              "--mode", "force_tool", "--alpha", "0.5", "--max-new-tokens", "3"])
+    want = steerer.predict("Why do cats purr?", mode="force_tool", alpha=0.5, max_new_tokens=3)
+    out = capsys.readouterr().out
+    assert f"P(tool)    {want.p_tool:.3f}" in out and f"choice     {want.tool}" in out and repr(want.call) in out
+    with pytest.raises(SystemExit):
+        cli.main(["steer", "hi", "--model", lm.name, "--steerer", str(tmp_path / "none")])
+    assert "no steerer" in capsys.readouterr().err
