@@ -71,7 +71,7 @@ def test_neuron_reading_equals_a_forward_hook_on_down_proj(setup):
     for layer in range(niv.layers):
         for i, f in enumerate(fs):
             acts, _ = hook_forward(lm, niv, f, layer)
-            assert close(clean.mlp[layer, i], acts[f.reply_position], 1e-5), (layer, i)
+            assert close(clean.mlp[layer, i], acts[f.reply_position], 1e-4), (layer, i)  # a full forward vs cached keys
 
 
 def test_zero_ablating_every_neuron_equals_zero_ablating_the_mlp_output(setup):
