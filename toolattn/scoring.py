@@ -126,11 +126,6 @@ class PrefixCache:
                     position_ids=lay.q_pos, past_key_values=cache, use_cache=True)
         self.kv = [(layer.keys, layer.values) for layer in cache.layers]  # each [1, kv_heads, n, head_dim]
 
-    def expand(self, batch: int):
-        """A fresh cache holding the prefix for ``batch`` rows (a copy per row once a layer runs; the engine
-        instead passes ``shared()`` to the attention function)."""
-        return kv_cache(self.kv, batch)
-
     def shared(self) -> dict:
         """Decoder keyword arguments that put the prefix before every row's own keys without a copy per row
         (``toolattn.attention.toolattn_attention``'s ``shared_kv``; the model must run on it: ``use_toolattn``)."""
