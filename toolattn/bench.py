@@ -64,11 +64,13 @@ def time_batched(engine, formatted, tools, batch_size: int, device) -> tuple[flo
     prefix = engine.prefix(tools, formatted[0])
     cands = [engine.formatter.candidate_ids(formatted[0], t.name) for t in tools]
     open_ids = engine.formatter.call_open_ids()
-    engine._score_batch(formatted[:batch_size], prefix, tools, cands, open_ids)  # warm-up at this shape
+    engine.batch_size = batch_size
+    batches = engine.batches(formatted)  # the engine's own batching (by length)
+    engine._score_batch([formatted[i] for i in batches[0]], prefix, tools, cands, open_ids)  # warm-up at this shape
     _sync(device)
     t0 = time.perf_counter()
-    for b0 in range(0, len(formatted), batch_size):
-        engine._score_batch(formatted[b0 : b0 + batch_size], prefix, tools, cands, open_ids)
+    for index in batches:
+        engine._score_batch([formatted[i] for i in index], prefix, tools, cands, open_ids)
     _sync(device)
     return time.perf_counter() - t0, prefix, cands, open_ids
 

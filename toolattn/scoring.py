@@ -192,15 +192,30 @@ class ToolChoiceEngine:
             raise ValueError(f"candidates {unknown} are not in the tool list {names}")
         full = None if only is None else [names.index(n) for n in only]
         open_ids = self.formatter.call_open_ids()
-        out: list[Choice] = []
+        out: list = [None] * len(formatted)
+        kept: list = [None] * len(formatted)
         bar = tqdm(total=len(formatted), desc=desc, unit="req", disable=not self.progress)
-        for b0 in range(0, len(formatted), self.batch_size):
-            batch = formatted[b0 : b0 + self.batch_size]
+        # batched by length (less padding), unless forward_kwargs collects per-batch outputs (captured
+        # attention comes back batch by batch, in the order the requests were given)
+        for index in self.batches(formatted, by_length=forward_kwargs is None):
+            batch = [formatted[i] for i in index]
             extra = forward_kwargs(batch, len(prefix)) if forward_kwargs else {}
-            out += self._score_batch(batch, prefix, tools, cands, open_ids, extra, full, keep)
+            part: list | None = [] if keep is not None else None
+            for i, c, k in zip(index, self._score_batch(batch, prefix, tools, cands, open_ids, extra, full, part),
+                               part if part is not None else index):
+                out[i], kept[i] = c, k
             bar.update(len(batch))
         bar.close()
+        if keep is not None:
+            keep += kept
         return out
+
+    def batches(self, formatted: list[Formatted], by_length: bool = True) -> list[list[int]]:
+        """Request indices per batch of ``batch_size``: similar lengths together (the shorter rows of a batch
+        are padding to its longest), or in the order given."""
+        order = sorted(range(len(formatted)), key=lambda i: len(formatted[i].input_ids)) if by_length \
+            else list(range(len(formatted)))
+        return [order[b0 : b0 + self.batch_size] for b0 in range(0, len(order), self.batch_size)]
 
     def choose(self, requests: list[str], tools: list[Tool], gold: list[str] | None = None, desc: str = "choosing",
                forward_kwargs=None, slack: float = 4.0, rounds: int = 3) -> list[Choice]:
@@ -391,13 +406,13 @@ class ToolChoiceEngine:
         prefix = self.prefix(tools, formatted[0])
         stop = self.stop_ids() if stop_ids is None else stop_ids
         decided, self.stop_when_decided = self.stop_when_decided, self.stop_when_decided and stop_ids is None
-        texts: list = []
+        texts: list = [None] * len(formatted)
         bar = tqdm(total=len(formatted), desc=desc, unit="req", disable=not self.progress)
         try:
-            for b0 in range(0, len(formatted), self.batch_size):
-                batch = formatted[b0 : b0 + self.batch_size]
-                texts += self._generate_batch(batch, prefix, max_new_tokens, stop)
-                bar.update(len(batch))
+            for index in self.batches(formatted):
+                for i, t in zip(index, self._generate_batch([formatted[i] for i in index], prefix, max_new_tokens, stop)):
+                    texts[i] = t
+                bar.update(len(index))
         finally:
             self.stop_when_decided = decided
         bar.close()
