@@ -55,13 +55,15 @@ CHILD := gemma-3-270m-tools
 QWEN := qwen2.5-coder-1.5b
 GEMMA := gemma-3-270m
 RUNS := baseline:$(QWEN) baseline:$(GEMMA) retrieval_heads:$(QWEN) head_knockout:$(QWEN) scaling:$(QWEN) \
-        failure_modes:$(QWEN) finetune:$(CHILD) circuit_zones:$(CHILD) circuit_zones:$(GEMMA) circuit_zones:$(QWEN)
+        failure_modes:$(QWEN) finetune:$(CHILD) circuit_zones:$(CHILD) circuit_zones:$(GEMMA) circuit_zones:$(QWEN) \
+        circuit_neurons:$(CHILD) circuit_neurons:$(GEMMA) circuit_neurons:$(QWEN)
 model_dep = $(if $(filter $(2),$(CHILD)),$(ART)/$(1)/$(CHILD)/finetune/manifest.json,$(call model_stamp,$(2)))
 finetune_model_dep = $(call model_stamp,$(GEMMA)) $(TEMPLATES)
 # An analysis that reads another's artifacts depends on them (and on its code: shared helpers).
 UPSTREAM_head_knockout := retrieval_heads
 UPSTREAM_scaling := retrieval_heads
 UPSTREAM_failure_modes := scaling baseline
+UPSTREAM_circuit_neurons := circuit_zones
 upstream_dep = $(foreach u,$(UPSTREAM_$(2)),$(ART)/$(1)/$(3)/$(u)/manifest.json analyses/$(u).py)
 
 define analysis_rule
@@ -85,7 +87,8 @@ finetune: $(ART)/$(PROFILE)/$(CHILD)/finetune/manifest.json
 
 # The paper's own models (weights from a model hub, or TOOLATTN_LOCAL_<NAME> folders): see README.
 HUB_RUNS := baseline:qwen3-4b retrieval_heads:qwen3-4b head_knockout:qwen3-4b scaling:qwen3-4b \
-            failure_modes:qwen3-4b baseline:functiongemma-270m circuit_zones:functiongemma-270m
+            failure_modes:qwen3-4b baseline:functiongemma-270m circuit_zones:functiongemma-270m \
+            circuit_neurons:functiongemma-270m
 hub: | $(STAMP)
 	@for r in $(HUB_RUNS); do a=$${r%%:*}; m=$${r#*:}; $(PY) -m analyses.$$a --profile hub --model $$m || exit 1; done
 	$(MAKE) report PROFILE=hub

@@ -5,6 +5,9 @@ Method. Balanced tool and no-tool requests with the 10 core tools declared; ever
 on the train split (neurons, the kill switch, the steering layer, directions, the over-calling
 threshold) and reported on the held-out split. The decision is read at the reply position
 (``toolattn.interventions``); a neuron is one hidden unit of a layer's MLP (``toolattn.neurons``).
+The per-layer measurements (1, 2 and the steering scan of 4) run at every ``layer_every``-th layer, at
+the ``layers_also`` layers and at the control layer; the ranking, the kill-switch search and the
+divergence cover every layer.
 
 1. Neurons. Per layer, neurons are ranked by attribution: (mean activation on tool requests - mean
    on no-tool requests) x mean gradient of the decision margin log P(tool) - log P(other), with a
@@ -60,6 +63,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats as sps  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from analyses.circuit_zones import change_rate, drop, flip_rate, pairs, same_class_pairs  # noqa: E402
 from toolattn import paths  # noqa: E402
@@ -70,51 +74,31 @@ from toolattn.neurons import (NeuronEdit, NeuronIntervener, attribution, attribu
                               decision_runs, find_kill_switch, kill_switch_candidates, neuron_gradients, replaced,
                               top_neurons)
 from toolattn.scoring import ToolChoiceEngine, decoder_parts  # noqa: E402
-from toolattn.stats import (benjamini_hochberg, bootstrap_ci, empty, fisher_greater, holm,  # noqa: E402
+from toolattn.stats import (benjamini_hochberg, bootstrap_ci, bootstrap_mean_difference, empty, fisher_greater, holm,  # noqa: E402
                             paired_difference, permutation_pvalue, proportion)
 from toolattn.steering import (Steerer, difference_of_means, per_tool_directions, position_hooks,  # noqa: E402
                                random_direction, residual_scale, steer_after_block, steer_decisions,
                                steering_vector)
 from toolattn.tools import core_tools  # noqa: E402
 
-# Settings of the fast profile (a profile's [<profile>.circuit_neurons] table overrides them).
-DEFAULTS = {
-    "n_tool": 20,                 # tool requests per split (2 per core tool)
-    "n_no_tool": 20,              # no-tool requests per split
-    "nll_tokens": 8,
-    "max_rows": 64,               # batch rows (condition x request) per reply-token pass
-    "n_permutations": 200,        # label permutations of every neuron's attribution
-    "alpha": 0.05,                # significance level (BH across neurons, Holm across layers)
-    "top_k": [1, 10],             # ablated top neurons per layer
-    "n_random_draws": 5,          # random neuron sets of the same size per layer
-    "confirm_k": 5,               # top neurons ablated one at a time
-    "after_block_ablation": True,  # also ablate the top-k after the tool block
-    "patch_k": [1, 5, 10, 50],    # neurons patched at the reply position
-    "n_table": 10,                # promoters and suppressors listed
-    "n_examples": 2,              # example requests per class in the table
-    "kill_candidates": 3,         # veto candidates per layer tried by ablation
-    "alpha_layer": 1.0,           # steering strength of the per-layer scan
-    "alphas": [0.0, 0.25, 0.5, 1.0, 2.0],  # dose-response sweep (units of the mean residual norm)
-    "alpha_report": 1.0,          # the sweep point reported as steer_*_dp_tool
-    "steer_layer": None,          # None: chosen by the per-layer scan on train
-    "after_block_steering": True,  # also steer at every position after the tool block
-    "tool_to_tool": True,         # per-tool steering of the forced choice
-    "t2t_alpha": 1.0,
-    "t2t_min_requests": 1,        # train requests that must pick a tool for it to have a direction
-    "parents": {"gemma-3-270m-tools": "gemma-3-270m", "functiongemma-270m": "gemma-3-270m-hub"},
-    "n_bootstrap": 200,
-}
 # The reference's named neurons (FunctionGemma 270M): layer -> neurons.
 REFERENCE_NEURONS = {"kill_switch": (12, [230]), "promoters": (11, [803, 2036, 831]),
                      "suppressors": (11, [1237, 821, 1347])}
+REFERENCE_SHAPE = (18, 2048)  # its layers x MLP neurons: the named neurons exist only in this architecture
 
 
 def settings(profile: str, model: str) -> dict:
-    """``DEFAULTS`` updated by the profile's ``circuit_neurons`` table (and its ``per_model`` entry)."""
+    """The profile's ``circuit_neurons`` table, updated by its ``per_model`` entry for ``model``."""
     prof = load_profile(profile)
-    base = dict(DEFAULTS, **prof.get("circuit_neurons", {}))
+    base = dict(prof["circuit_neurons"])
     override = base.pop("per_model", {}).get(model, {})
     return dict(base, **override, batch_size=prof["batch_size"], seed=prof["seed"])
+
+
+def measured_layers(L: int, cfg: dict, control: int) -> list[int]:
+    """The layers of the per-layer measurements: every ``layer_every``-th one, the ``layers_also`` ones
+    the model has, and the control layer."""
+    return sorted(set(range(0, L, cfg["layer_every"])) | {x for x in cfg["layers_also"] if x < L} | {control})
 
 
 def _floats(x) -> list:
@@ -165,12 +149,22 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
             return per_layer(niv, fs_tr, clean_tr, fs_te, clean_te, layer, attr[layer], mean_tr[layer], direction[layer],
                              float(scale[layer]), src, cfg)
 
-        names = [f"layer-L{layer:02d}" for layer in range(L)]
+        control = control_layer(profile, model, sel, L)
+        measured = measured_layers(L, cfg, control[0])
+        names = [f"layer-L{layer:02d}" for layer in measured]
         t = time.time()
-        chunks = run.chunks(names, lambda name: layer_chunk(int(name.split("-L")[1])))
+        bar = tqdm(total=len(names), desc=f"{model} neurons per layer", unit="layer")
+
+        def compute(name):
+            out = layer_chunk(int(name.split("-L")[1]))
+            bar.update(1)
+            return out
+
+        chunks = run.chunks(names, compute)
+        bar.close()
         if chunks is None:
             return  # a helper process of `accelerate launch`: its chunks are written
-        layers = dict(zip(range(L), chunks))
+        layers = dict(zip(measured, chunks))
         run.timing("layers_s", time.time() - t)
 
         t = time.time()
@@ -202,7 +196,7 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
         Steerer.from_activations(lm, tools, clean_tr.resid, y_tr, labels, steer_layer, kill_fit,
                                  cfg["alpha_report"]).save(run.dir / "steerer")
         summarise(run, cfg, model, profile, train, test, y_te, clean_te, sel, layers, partners, kill, reference,
-                  steer_layer, steer_source, sweep, t2t, divergence, L, D)
+                  steer_layer, steer_source, sweep, t2t, divergence, L, D, control)
 
 
 # --- 1. selection on the train split --------------------------------------------------------
@@ -310,11 +304,9 @@ def kill_switch(niv, fs_tr, clean_tr, y_tr, fs_te, clean_te, y_te, sel, cfg) -> 
 def reference_neurons(niv, fs, clean, sel, mean_tr, cfg) -> dict:
     """The reference's named neurons on this model: their attribution rank (train) and their mean-ablation
     and blocking-value effects (held-out); not applicable when the model lacks those layers or neurons."""
-    need_layers = max(layer for layer, _ in REFERENCE_NEURONS.values()) + 1
-    need_d = max(max(ns) for _, ns in REFERENCE_NEURONS.values()) + 1
-    if niv.layers < need_layers or niv.d_mlp < need_d:
-        return {"applicable": False, "why": f"the model has {niv.layers} layers x {niv.d_mlp} neurons; the named "
-                                            f"neurons need >= {need_layers} layers and >= {need_d} neurons"}
+    if (niv.layers, niv.d_mlp) != REFERENCE_SHAPE:
+        return {"applicable": False, "why": f"the model has {niv.layers} layers x {niv.d_mlp} MLP neurons; the named "
+                                            f"neurons are those of a {REFERENCE_SHAPE[0]} x {REFERENCE_SHAPE[1]} model"}
     out = {"applicable": True, "neurons": []}
     for role, (layer, ns) in REFERENCE_NEURONS.items():
         attr = torch.tensor(sel["attribution"][layer])
@@ -338,7 +330,7 @@ def reference_neurons(niv, fs, clean, sel, mean_tr, cfg) -> dict:
 def choose_steer_layer(layers: dict, cfg, y_tr) -> tuple[int, str]:
     """The configured steering layer, else the one whose force steering at ``alpha_layer`` gives the train
     no-tool requests the highest mean P(tool) (their clean P(tool) is the same at every layer)."""
-    if cfg["steer_layer"] is not None:
+    if cfg.get("steer_layer") is not None:
         return int(cfg["steer_layer"]), "settings"
     gains = {layer: float(np.mean(np.array(d["steer_train"]["force"]["p_tool"])[~y_tr])) for layer, d in layers.items()}
     return max(gains, key=gains.get), "largest force gain on train no-tool requests (per-layer scan)"
@@ -388,10 +380,14 @@ def tool_to_tool(lm, tools, fs, test, resid_tr, labels, choices_te, layer, scale
     T = fs[0].tool_block_end
     idx = [i for i, r in enumerate(test) if r.needs_tool]
     rows = []
-    for b, target in enumerate(names):
-        if counts[b] < cfg["t2t_min_requests"]:
-            continue
+    targets = [b for b, _ in enumerate(names) if counts[b] >= cfg["t2t_min_requests"]]
+    targets = targets[: cfg["t2t_targets"]] if cfg["t2t_targets"] else targets
+    for b in targets:
+        target = names[b]
         mine = [i for i in idx if choices_te[i] != target]
+        if cfg["t2t_requests"] and len(mine) > cfg["t2t_requests"]:  # a seeded draw of the requests
+            rng = np.random.default_rng(cfg["seed"] + b)
+            mine = sorted(rng.choice(mine, cfg["t2t_requests"], replace=False).tolist())
         if not mine:
             continue
         v = steering_vector(dirs[0, b], cfg["t2t_alpha"], scale)
@@ -465,37 +461,39 @@ def _dp(after, before, n_resamples: int = 200) -> dict:
 
 
 def summarise(run, cfg, model, profile, train, test, y, clean, sel, layers, partners, kill, reference, steer_layer,
-              steer_source, sweep, t2t, divergence, L, D) -> None:
+              steer_source, sweep, t2t, divergence, L, D, control) -> None:
+    """Per-layer metrics are keyed ``L<i>`` over the measured layers (``layers``' keys)."""
     d0, p0 = clean.decides_tool.numpy(), clean.p_tool.numpy()
     dp = lambda after, before: _dp(after, before, cfg["n_bootstrap"])  # noqa: E731
     correct0 = d0 == y
-    keys = [f"L{i}" for i in range(L)]
+    measured = sorted(layers)
+    keys = [f"L{i}" for i in measured]
     m: dict = {"n_train": len(train), "n_heldout": len(test), "n_layers": L, "d_mlp": D,
-               "heldout_accuracy": proportion(correct0)}
+               "measured_layers": measured, "heldout_accuracy": proportion(correct0)}
 
     # 1. ranking and ablation
     q = np.array(sel["q"])
     m["significant_neurons"] = {"count": int((q < cfg["alpha"]).sum()), "of": int(q.size), "rule": "BH q < alpha"}
-    m["top_neurons"] = {k: layers[i]["top"][:10] for i, k in enumerate(keys)}
+    m["top_neurons"] = {k: layers[i]["top"][:10] for i, k in zip(measured, keys)}
     for k in cfg["top_k"]:
-        drops = {key: drop(d0, np.array(layers[i]["ablation"][f"top{k}"]["decides_tool"]), y) for i, key in enumerate(keys)}
+        drops = {key: drop(d0, np.array(layers[i]["ablation"][f"top{k}"]["decides_tool"]), y) for i, key in zip(measured, keys)}
         p_holm = dict(zip(keys, holm([drops[key]["p"] for key in keys])))
         rand = {key: [drop(d0, np.array(layers[i]["ablation"][f"random{k}_{d}"]["decides_tool"]), y)["value"]
-                      for d in range(cfg["n_random_draws"])] for i, key in enumerate(keys)}
+                      for d in range(cfg["n_random_draws"])] for i, key in zip(measured, keys)}
         m[f"top{k}_ablation_drop"] = {key: dict(drops[key], p_holm=float(p_holm[key])) for key in keys}
         m[f"random{k}_ablation_drop"] = {key: {"mean": float(np.mean(rand[key])), "max": float(np.max(rand[key])),
                                               "draws": rand[key]} for key in keys}
         m[f"top{k}_beyond_random"] = {key: bool(p_holm[key] < cfg["alpha"] and drops[key]["value"] > max(rand[key]))
                                       for key in keys}
         m[f"top{k}_ablation_dp_tool"] = {key: dp(layers[i]["ablation"][f"top{k}"]["p_tool"], p0)
-                                         for i, key in enumerate(keys)}
+                                         for i, key in zip(measured, keys)}
         if cfg["after_block_ablation"]:
             m[f"after_block_top{k}_ablation_drop"] = {
                 key: drop(d0, np.array(layers[i]["ablation"][f"after_block_top{k}"]["decides_tool"]), y)
-                for i, key in enumerate(keys)}
+                for i, key in zip(measured, keys)}
     m["single_neuron_dp_tool"] = {key: {name[6:]: float(np.mean(np.array(r["p_tool"]) - p0))
                                         for name, r in layers[i]["ablation"].items() if name.startswith("single")}
-                                  for i, key in enumerate(keys)}
+                                  for i, key in zip(measured, keys)}
 
     # 2. control point: flip rate vs k
     ks = [min(k, D) for k in cfg["patch_k"]]
@@ -503,9 +501,9 @@ def summarise(run, cfg, model, profile, train, test, y, clean, sel, layers, part
         m[name] = {}
     for k in ks:
         flips = {key: flip_rate(d0, np.array(layers[i]["patching"][f"cross{k}"]), partners["cross"])
-                 for i, key in enumerate(keys)}
+                 for i, key in zip(measured, keys)}
         nulls = {key: change_rate(d0, np.array(layers[i]["patching"][f"same{k}"]), partners["same_class"])
-                 for i, key in enumerate(keys)}
+                 for i, key in zip(measured, keys)}
         p = [fisher_greater(round(flips[key]["value"] * flips[key]["n"]), flips[key]["n"],
                             round(nulls[key]["value"] * nulls[key]["n"]), nulls[key]["n"])
              if flips[key]["n"] and nulls[key]["n"] else None for key in keys]
@@ -514,9 +512,9 @@ def summarise(run, cfg, model, profile, train, test, y, clean, sel, layers, part
         m["flip_rate_top_k"][f"k{k}"] = flips
         m["null_flip_rate_top_k"][f"k{k}"] = nulls
         m["random_neuron_flip_rate_top_k"][f"k{k}"] = {
-            key: flip_rate(d0, np.array(layers[i]["patching"][f"random{k}"]), partners["cross"]) for i, key in enumerate(keys)}
-        m["flip_control_p_holm"][f"k{k}"] = {key: (None if i not in adj else float(adj[i])) for i, key in enumerate(keys)}
-    control, source = control_layer(profile, model, sel, L)
+            key: flip_rate(d0, np.array(layers[i]["patching"][f"random{k}"]), partners["cross"]) for i, key in zip(measured, keys)}
+        m["flip_control_p_holm"][f"k{k}"] = {key: (None if j not in adj else float(adj[j])) for j, key in enumerate(keys)}
+    control, source = control
     m["control_layer"] = {"value": control, "source": source}
     m["flip_rate_vs_k_at_control_layer"] = {f"k{k}": m["flip_rate_top_k"][f"k{k}"][f"L{control}"] for k in ks}
 
@@ -524,6 +522,11 @@ def summarise(run, cfg, model, profile, train, test, y, clean, sel, layers, part
     table, promoters, suppressors = neuron_table(sel, cfg, test, clean, y)
     run.write_csv("promoters_suppressors", table)
     m["promoters"], m["suppressors"] = promoters, suppressors
+    attr_all, grad_all = np.array(sel["attribution"]), np.array(sel["grad_mean"])
+    for role, sign in (("promoter", 1), ("suppressor", -1)):  # the largest attribution of that sign, per layer
+        score = np.where(np.sign(grad_all) == sign, attr_all, -np.inf)
+        m[f"top_{role}_by_layer"] = {f"L{i}": (int(np.argmax(score[i])) if np.isfinite(score[i]).any() else None)
+                                     for i in range(L)}
 
     # 3. kill switch
     m["kill_switch"], m["reference_neurons"] = kill_summary(kill, clean, y, p0, cfg["n_bootstrap"]), reference_summary(reference, clean, y, p0)
@@ -546,10 +549,10 @@ def summarise(run, cfg, model, profile, train, test, y, clean, sel, layers, part
         m["steer_force_dp_tool_after_block"] = dp(np.array(ab["force"][a_idx]["p_tool"])[no], p0[no])
         m["steer_prevent_dp_tool_after_block"] = dp(np.array(ab["prevent"][a_idx]["p_tool"])[yes], p0[yes])
         m["random_direction_dp_tool_after_block"] = dp(np.array(ab["random_force"][a_idx]["p_tool"])[no], p0[no])
-    m["steer_per_layer_force_dp_tool"] = {key: float(np.mean(np.array(layers[i]["steer_test"]["force"]["p_tool"])[no] - p0[no]))
-                                          for i, key in enumerate(keys)}
+    m["steer_per_layer_force_dp_tool"] = {key: dp(np.array(layers[i]["steer_test"]["force"]["p_tool"])[no], p0[no])
+                                          for i, key in zip(measured, keys)}
     m["steer_per_layer_random_dp_tool"] = {
-        key: float(np.mean(np.array(layers[i]["steer_test"]["random_force"]["p_tool"])[no] - p0[no])) for i, key in enumerate(keys)}
+        key: float(np.mean(np.array(layers[i]["steer_test"]["random_force"]["p_tool"])[no] - p0[no])) for i, key in zip(measured, keys)}
     dose = []
     for i, a in enumerate(cfg["alphas"]):
         row = {"alpha": a}
@@ -602,7 +605,7 @@ def summarise(run, cfg, model, profile, train, test, y, clean, sel, layers, part
     m["weight_divergence"], m["divergence_vs_causal_spearman"] = divergence_summary(
         divergence, profile, model, m, keys)
     layer_rows = []
-    for i, key in enumerate(keys):
+    for i, key in zip(measured, keys):
         row = {"layer": key, "top_neuron": layers[i]["top"][0], "top_attribution": sel["attribution"][i][layers[i]["top"][0]]}
         for k in cfg["top_k"]:
             row[f"top{k}_drop"] = m[f"top{k}_ablation_drop"][key]["value"]
@@ -611,7 +614,7 @@ def summarise(run, cfg, model, profile, train, test, y, clean, sel, layers, part
         for k in ks:
             row[f"flip_k{k}"] = m["flip_rate_top_k"][f"k{k}"][key]["value"]
             row[f"null_k{k}"] = m["null_flip_rate_top_k"][f"k{k}"][key]["value"]
-        row["steer_force_dp_tool"] = m["steer_per_layer_force_dp_tool"][key]
+        row["steer_force_dp_tool"] = m["steer_per_layer_force_dp_tool"][key]["value"]
         row["steer_random_dp_tool"] = m["steer_per_layer_random_dp_tool"][key]
         if m["weight_divergence"].get("applicable"):
             row.update({f"divergence_{p}": m["weight_divergence"]["layers"][i][p] for p in ("attention", "mlp", "total")})
@@ -691,6 +694,8 @@ def kill_summary(kill, clean, y, p0, n_bootstrap: int = 200) -> dict:
     out["block_effect"] = paired_difference(d0[yes], np.array(h["block"]["decides_tool"])[yes])
     out["block_dp_tool_tool"] = _dp(np.array(h["block"]["p_tool"])[yes], p0[yes], n_bootstrap)
     out["blocking_value"] = kill["blocking_value"]
+    act = clean.mlp[kill["layer"], :, kill["neuron"]].numpy()  # held-out activations at the reply position
+    out["activation_gap"] = bootstrap_mean_difference(act[no], act[yes], n_bootstrap)  # no-tool minus tool
     out["random_effect"] = [rise(h[f"random_mean{r}"])["value"] for r in kill["random_neurons"]]
     out["random_block_effect"] = [paired_difference(d0[yes], np.array(h[f"random_block{r}"]["decides_tool"])[yes])["value"]
                                   for r in kill["random_neurons"]]
@@ -725,7 +730,7 @@ def divergence_summary(divergence, profile, model, m, keys) -> tuple[dict, dict]
         source = "circuit_zones mean-ablation accuracy drop"
     except FileNotFoundError:
         causal = {i: abs(m["top10_ablation_dp_tool"][k]["value"]) if "top10_ablation_dp_tool" in m else None
-                  for i, k in enumerate(keys)}
+                  for i, k in ((int(key[1:]), key) for key in keys)}
         causal = {i: v for i, v in causal.items() if v is not None}
         source = "circuit_neurons |dP(tool)| of the top-10 neuron ablation"
     layers = sorted(causal)
@@ -744,7 +749,7 @@ def divergence_summary(divergence, profile, model, m, keys) -> tuple[dict, dict]
 
 def figures(rows, dose, curve, ks, model, steer_layer):
     """Ablation by layer, flip rate vs k by layer, the dose-response and the over-calling curve."""
-    x = np.arange(len(rows))
+    x = [int(r["layer"][1:]) for r in rows]
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     ax = axes[0]
     for key, style in (("top1_drop", "-o"), ("top10_drop", "-s"), ("random1_drop_mean", ":o"), ("random10_drop_mean", ":s")):

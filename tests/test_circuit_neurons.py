@@ -12,7 +12,8 @@ from analyses.circuit_neurons import spearman, weight_divergence
 from toolattn.models import load_model
 from toolattn.steering import Steerer
 
-CFG = dict(circuit_neurons.DEFAULTS, n_tool=10, n_no_tool=6, n_permutations=20, n_random_draws=2, confirm_k=2,
+CFG = dict(circuit_neurons.settings("fast", "tiny-gemma3"), layer_every=2, layers_also=[1], tool_to_tool=True,
+           after_block_ablation=True, n_tool=10, n_no_tool=6, n_permutations=20, n_random_draws=2, confirm_k=2,
            kill_candidates=1, alphas=[0.0, 1.0, 4.0], alpha_report=4.0, n_bootstrap=20, batch_size=8, seed=0,
            parents={"tiny-gemma3": "tiny-functiongemma"})
 METRICS = {"kill_switch", "steer_force_dp_tool", "steer_prevent_dp_tool", "random_direction_dp_tool",
@@ -49,7 +50,11 @@ def test_circuit_neurons_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert rho["causal_source"].startswith("circuit_zones") and rho["n"] == 4 and rho["most_causal_layers"][0] == 0
     assert m["weight_divergence"]["parent"] == "tiny-functiongemma" and len(m["weight_divergence"]["layers"]) == 4
     assert m["reference_neurons"]["applicable"] is False  # 4 layers x 128 neurons
-    assert set(m["flip_rate_top_k"]) == {"k1", "k5", "k10", "k50"} and set(m["top1_ablation_drop"]) == {f"L{i}" for i in range(4)}
+    # measured layers: every 2nd (0, 2), layers_also (1), the control layer (2)
+    assert m["measured_layers"] == [0, 1, 2] and set(m["top1_ablation_drop"]) == {"L0", "L1", "L2"}
+    assert set(m["flip_rate_top_k"]) == {"k1", "k5", "k10", "k50"} and set(m["top_promoter_by_layer"]) == {f"L{i}" for i in range(4)}
+    gap = ks["activation_gap"]
+    assert gap["lo"] <= gap["value"] <= gap["hi"] and gap["n"] == 16
     assert all("p_holm" in v for v in m["top1_ablation_drop"].values())
     # nulls: alpha = 0 steers nothing; the top neuron of a layer is its largest attribution
     with open(out / "dose_response.csv") as f:
@@ -57,7 +62,8 @@ def test_circuit_neurons_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert float(first["alpha"]) == 0.0
     assert np.isclose(float(first["decision_force_p_tool_no_tool"]), float(first["decision_random_p_tool_no_tool"]), rtol=1e-4)
     sel = json.loads(next((out / "chunks").glob("selection.*.json")).read_text())
-    assert [int(np.argmax(a)) for a in sel["attribution"]] == [v[0] for v in m["top_neurons"].values()]
+    assert {f"L{i}": int(np.argmax(a)) for i, a in enumerate(sel["attribution"])
+            if i in m["measured_layers"]} == {k: v[0] for k, v in m["top_neurons"].items()}
     assert {"neurons", "layers", "promoters_suppressors", "dose_response", "over_calling", "tool_to_tool"} <= set(
         result["tables"]) | set(result["figures"])
     assert not any(k.endswith("_s") for k in m)

@@ -42,6 +42,19 @@ def bootstrap_ci(values, statistic=np.mean, n_resamples: int = 2000, seed: int =
             "n": int(len(x))}
 
 
+def bootstrap_mean_difference(a, b, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """``mean(a) - mean(b)`` of two independent samples with a 95% percentile bootstrap interval (each
+    sample resampled on its own); ``n`` is ``len(a) + len(b)``."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    value = float(a.mean() - b.mean())
+    if min(len(a), len(b)) < 2 or (np.all(a == a[0]) and np.all(b == b[0])):
+        return {"value": value, "lo": value, "hi": value, "n": int(len(a) + len(b))}
+    res = stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), n_resamples=n_resamples,
+                          confidence_level=0.95, method="percentile", random_state=np.random.default_rng(seed))
+    return {"value": value, "lo": float(res.confidence_interval.low), "hi": float(res.confidence_interval.high),
+            "n": int(len(a) + len(b))}
+
+
 def wilson(k: int, n: int) -> tuple[float, float]:
     """95% Wilson score interval of ``k`` successes in ``n`` trials."""
     from statsmodels.stats.proportion import proportion_confint

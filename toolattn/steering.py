@@ -299,6 +299,7 @@ class Steerer:
         steer = None if v is None else (layer, v)
         neuron = (self.kill["layer"], self.kill["neuron"], self.kill["value"]) if kill_switch else None
         engine = ToolChoiceEngine(self.lm, batch_size=1, progress=False, prefix_end="tool_block")
+        engine.stop_when_decided = False  # the whole reply, not only as far as its decision
         with position_hooks(self.lm.model, positions(scope, f), steer, neuron):
             choice = engine.score([prompt], tools)[0]
             call = engine.generate([prompt], tools, max_new_tokens=max_new_tokens)[0] if max_new_tokens else ""

@@ -21,7 +21,7 @@ PROFILE = "fast"
 TOLERANCE = {"baseline": dict(atol=1e-6, rtol=0), "retrieval_heads": dict(atol=1e-5, rtol=0),
              "finetune": dict(atol=1e-5, rtol=0), "circuit_zones": dict(atol=1e-5, rtol=0),
              "head_knockout": dict(atol=1e-4, rtol=0), "scaling": dict(atol=1e-4, rtol=0),
-             "failure_modes": dict(atol=1e-6, rtol=0)}
+             "failure_modes": dict(atol=1e-6, rtol=0), "circuit_neurons": dict(atol=1e-5, rtol=0)}
 # analysis -> (models, metric paths in result.json; a {value, lo, hi, n} metric pins all four)
 PINS = {
     "baseline": (["qwen2.5-coder-1.5b", "gemma-3-270m"], [
@@ -57,6 +57,25 @@ PINS = {
         "worst_mlp_drop", "mlp_ablation_drop.L5", "mlp_zero_ablation_drop.L5", "mlp_ablation_dnll.L5",
         "flip_rate.L10", "flip_rate.L11", "flip_rate.L12", "null_flip_rate.L11", "flip_rate_whole.L5",
         "pc1_variance.L11", "pc1_mean_diff_share.L11"]),
+    "circuit_neurons": (["gemma-3-270m-tools", "gemma-3-270m", "qwen2.5-coder-1.5b"], [
+        "heldout_accuracy", "significant_neurons.count", "control_layer.value", "flip_rate_vs_k_at_control_layer.k1",
+        "flip_rate_vs_k_at_control_layer.k50", "kill_switch.layer", "kill_switch.neuron", "kill_switch.effect",
+        "kill_switch.block_effect", "kill_switch.activation_gap", "steer_layer.value", "steer_force_dp_tool",
+        "steer_prevent_dp_tool", "random_direction_dp_tool", "steer_force_dp_tool_after_block", "over_calling.alpha",
+        "over_calling.no_tool_decline", "over_calling.tool_call", "promoters.0.1", "suppressors.0.1",
+        "top10_ablation_drop.L0", "random10_ablation_drop.L0.mean"]),
+}
+# metrics that only some models have: (model, analysis) -> more paths
+PINS_EXTRA = {
+    ("gemma-3-270m-tools", "circuit_neurons"): [
+        "top1_ablation_drop.L11", "top10_ablation_drop.L11", "top10_ablation_drop.L12", "flip_rate_top_k.k5.L11",
+        "steer_per_layer_force_dp_tool.L11", "top_promoter_by_layer.L11", "top_suppressor_by_layer.L11",
+        "reference_neurons.neurons.0.rank", "reference_neurons.neurons.0.ablation_drop", "divergence_vs_causal_spearman.value",
+        "divergence_vs_causal_spearman.p"],
+    ("gemma-3-270m", "circuit_neurons"): [
+        "top10_ablation_drop.L11", "steer_per_layer_force_dp_tool.L11", "reference_neurons.neurons.0.rank",
+        "reference_neurons.neurons.0.ablation_drop"],
+    ("qwen2.5-coder-1.5b", "circuit_neurons"): ["tool_to_tool_flip_rate", "tool_to_tool_random_flip_rate"],
 }
 CASES = [(m, a) for a, (ms, _) in PINS.items() for m in ms]
 
@@ -79,7 +98,7 @@ def pinned_numbers(model: str, analysis: str) -> dict:
     except FileNotFoundError as e:
         pytest.fail(f"{e} (make test builds it; make check only compares)")
     out = {}
-    for path in PINS[analysis][1]:
+    for path in PINS[analysis][1] + PINS_EXTRA.get((model, analysis), []):
         m = lookup(result["metrics"], path)
         if isinstance(m, dict):
             for field in ("value", "lo", "hi", "n"):
