@@ -61,7 +61,7 @@ PINS = {
         "heldout_accuracy", "significant_neurons.count", "control_layer.value", "flip_rate_vs_k_at_control_layer.k1",
         "flip_rate_vs_k_at_control_layer.k50", "kill_switch.layer", "kill_switch.neuron", "kill_switch.effect",
         "kill_switch.block_effect", "kill_switch.activation_gap", "steer_layer.value", "steer_force_dp_tool",
-        "steer_prevent_dp_tool", "random_direction_dp_tool", "steer_force_dp_tool_after_block", "over_calling.alpha",
+        "steer_prevent_dp_tool", "random_direction_dp_tool", "over_calling.alpha",
         "over_calling.no_tool_decline", "over_calling.tool_call", "promoters.0.1", "suppressors.0.1",
         "top10_ablation_drop.L0", "random10_ablation_drop.L0.mean"]),
 }
@@ -71,10 +71,10 @@ PINS_EXTRA = {
         "top1_ablation_drop.L11", "top10_ablation_drop.L11", "top10_ablation_drop.L12", "flip_rate_top_k.k5.L11",
         "steer_per_layer_force_dp_tool.L11", "top_promoter_by_layer.L11", "top_suppressor_by_layer.L11",
         "reference_neurons.neurons.0.rank", "reference_neurons.neurons.0.ablation_drop", "divergence_vs_causal_spearman.value",
-        "divergence_vs_causal_spearman.p"],
+        "divergence_vs_causal_spearman.p", "steer_force_dp_tool_after_block"],
     ("gemma-3-270m", "circuit_neurons"): [
         "top10_ablation_drop.L11", "steer_per_layer_force_dp_tool.L11", "reference_neurons.neurons.0.rank",
-        "reference_neurons.neurons.0.ablation_drop"],
+        "reference_neurons.neurons.0.ablation_drop", "steer_force_dp_tool_after_block"],
     ("qwen2.5-coder-1.5b", "circuit_neurons"): ["tool_to_tool_flip_rate", "tool_to_tool_random_flip_rate"],
 }
 CASES = [(m, a) for a, (ms, _) in PINS.items() for m in ms]
