@@ -522,9 +522,8 @@ def summarise(run, cfg, model, profile, train, test, y, clean, sel, layers, part
     table, promoters, suppressors = neuron_table(sel, cfg, test, clean, y)
     run.write_csv("promoters_suppressors", table)
     m["promoters"], m["suppressors"] = promoters, suppressors
-    attr_all, grad_all = np.array(sel["attribution"]), np.array(sel["grad_mean"])
     for role, sign in (("promoter", 1), ("suppressor", -1)):  # the largest attribution of that sign, per layer
-        score = np.where(np.sign(grad_all) == sign, attr_all, -np.inf)
+        score = signed_attribution(sel, sign)
         m[f"top_{role}_by_layer"] = {f"L{i}": (int(np.argmax(score[i])) if np.isfinite(score[i]).any() else None)
                                      for i in range(L)}
 
@@ -603,7 +602,7 @@ def summarise(run, cfg, model, profile, train, test, y, clean, sel, layers, part
 
     # 7. weight divergence vs causal importance
     m["weight_divergence"], m["divergence_vs_causal_spearman"] = divergence_summary(
-        divergence, profile, model, m, keys)
+        divergence, profile, model, m)
     layer_rows = []
     for i, key in zip(measured, keys):
         row = {"layer": key, "top_neuron": layers[i]["top"][0], "top_attribution": sel["attribution"][i][layers[i]["top"][0]]}
@@ -655,21 +654,27 @@ def control_layer(profile, model, sel, L) -> tuple[int, str]:
     return int(np.argmax(mass)), "largest top-10 attribution mass on train"
 
 
+def signed_attribution(sel, sign: int) -> np.ndarray:
+    """``[layers, d_mlp]`` attribution of the neurons whose mean gradient has ``sign`` (+1 promoters, -1
+    suppressors); -inf elsewhere."""
+    return np.where(np.sign(np.array(sel["grad_mean"])) == sign, np.array(sel["attribution"]), -np.inf)
+
+
 def neuron_table(sel, cfg, test, clean, y) -> tuple[list[dict], list, list]:
     """Rows of the promoters (mean gradient > 0) and suppressors (< 0) of largest attribution over every
     layer, with their activations on the first ``n_examples`` held-out requests of each class."""
-    attr, grad = np.array(sel["attribution"]), np.array(sel["grad_mean"])
+    attr = np.array(sel["attribution"])
     examples = list(np.flatnonzero(y)[: cfg["n_examples"]]) + list(np.flatnonzero(~y)[: cfg["n_examples"]])
     rows, short = [], {}
     for role, sign in (("promoter", 1), ("suppressor", -1)):
-        score = np.where(np.sign(grad) == sign, attr, -np.inf).reshape(-1)
+        score = signed_attribution(sel, sign).reshape(-1)
         for flat in np.argsort(-score, kind="stable")[: cfg["n_table"]]:
             if not np.isfinite(score[flat]):
                 continue
             layer, j = divmod(int(flat), attr.shape[1])
             row = {"role": role, "layer": layer, "neuron": j, "attribution": float(attr[layer, j]),
                    "q": sel["q"][layer][j], "tool_mean": sel["tool_mean"][layer][j],
-                   "no_tool_mean": sel["no_tool_mean"][layer][j], "grad_mean": float(grad[layer, j])}
+                   "no_tool_mean": sel["no_tool_mean"][layer][j], "grad_mean": float(sel["grad_mean"][layer][j])}
             for e in examples:
                 row[f"act: {test[e].text[:40]}"] = float(clean.mlp[layer, e, j])
             rows.append(row)
@@ -719,7 +724,7 @@ def reference_summary(reference, clean, y, p0) -> dict:
     return {"applicable": True, "neurons": rows}
 
 
-def divergence_summary(divergence, profile, model, m, keys) -> tuple[dict, dict]:
+def divergence_summary(divergence, profile, model, m) -> tuple[dict, dict]:
     """The divergence per layer and its Spearman rho with the causal importance per layer."""
     if not divergence["applicable"]:
         return divergence, dict(empty(), why=divergence["why"])
@@ -729,9 +734,7 @@ def divergence_summary(divergence, profile, model, m, keys) -> tuple[dict, dict]
         causal = {int(k[1:]): v["value"] for k, v in zones["mlp_ablation_drop"].items() if v.get("value") is not None}
         source = "circuit_zones mean-ablation accuracy drop"
     except FileNotFoundError:
-        causal = {i: abs(m["top10_ablation_dp_tool"][k]["value"]) if "top10_ablation_dp_tool" in m else None
-                  for i, k in ((int(key[1:]), key) for key in keys)}
-        causal = {i: v for i, v in causal.items() if v is not None}
+        causal = {int(k[1:]): abs(v["value"]) for k, v in m.get("top10_ablation_dp_tool", {}).items()}
         source = "circuit_neurons |dP(tool)| of the top-10 neuron ablation"
     layers = sorted(causal)
     out = {}
