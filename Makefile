@@ -37,6 +37,8 @@ help:
 setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	@avail=$$(df -Pk . | awk 'NR==2 {print $$4}'); [ "$$avail" -ge 15000000 ] || echo "warning: $$((avail / 1048576)) GiB \
+	free here; make test needs ~14 GiB (environment 3.2, converted models 9, artifacts 1.1): free some space first"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 -e ".[models,test]"
 	touch $@

@@ -69,6 +69,7 @@ from analyses.circuit_zones import change_rate, drop, flip_rate, pairs, same_cla
 from toolattn import paths  # noqa: E402
 from toolattn.artifacts import Run, load_profile, load_result, sha256_file  # noqa: E402
 from toolattn.datasets import load_prompts, select  # noqa: E402
+from toolattn.device import note_loaded  # noqa: E402
 from toolattn.models import ModelError, load_model  # noqa: E402
 from toolattn.neurons import (NeuronEdit, NeuronIntervener, attribution, attribution_pvalues, class_means,  # noqa: E402
                               decision_runs, find_kill_switch, kill_switch_candidates, neuron_gradients, replaced,
@@ -428,14 +429,17 @@ def weight_divergence_chunk(lm, model, profile, cfg) -> dict:
     parent = cfg["parents"].get(model)
     if parent is None:
         return {"applicable": False, "why": f"no parent model is recorded for {model}"}
-    try:
-        plm = load_model(parent, profile=profile)
+    try:  # float32 on the CPU whatever the run's precision: a fine-tune's changes are below bfloat16's step
+        plm = load_model(parent, profile=profile, device="cpu", dtype=torch.float32)
     except (ModelError, OSError) as e:
         return {"applicable": False, "why": f"the parent {parent} could not be loaded: {e}"}
     a, b = decoder_parts_shapes(plm.model), decoder_parts_shapes(lm.model)
     if a != b:
         return {"applicable": False, "why": f"{parent} and {model} differ in architecture"}
-    return {"applicable": True, "parent": parent, "layers": weight_divergence(plm.model, lm.model)}
+    child = lm if next(lm.model.parameters()).dtype == torch.float32 else \
+        load_model(model, profile=profile, device="cpu", dtype=torch.float32)
+    note_loaded(lm.model)  # the manifest names the precision the analysis ran in
+    return {"applicable": True, "parent": parent, "layers": weight_divergence(plm.model, child.model)}
 
 
 def decoder_parts_shapes(model) -> list:

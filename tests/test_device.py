@@ -52,6 +52,21 @@ def test_command_line_beats_environment_beats_profile(fresh_setting):
     assert devices.resolve(dtype=torch.bfloat16)[1] == torch.bfloat16  # an explicit argument wins
 
 
+def test_profile_precision_per_model(fresh_setting):
+    """A profile's dtype table gives each model its own row (else ``default``); the command line and the
+    environment still win over it."""
+    devices.configure(profile={"device": "cpu", "dtype": {"default": "float32", "big-model": "bfloat16"}})
+    assert devices.resolve(model="big-model") == ("cpu", torch.bfloat16)
+    assert devices.resolve(model="other-model") == ("cpu", torch.float32)
+    assert devices.resolve() == ("cpu", torch.float32)
+    assert load_model("tiny-qwen2").model.dtype == torch.float32
+    devices.configure(profile={"device": "cpu", "dtype": {"tiny-qwen2": "bfloat16"}})
+    assert load_model("tiny-qwen2").model.dtype == torch.bfloat16
+    assert devices.resolve(model="tiny-qwen3") == ("cpu", torch.float32)  # no default: auto (CPU: float32)
+    fresh_setting.setenv("TOOLATTN_DTYPE", "float32")
+    assert devices.resolve(model="tiny-qwen2") == ("cpu", torch.float32)
+
+
 def test_bad_settings_are_one_clear_error(fresh_setting):
     with pytest.raises(ValueError, match="unknown device"):
         devices.resolve("tpu")

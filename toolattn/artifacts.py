@@ -166,7 +166,13 @@ class Run:
         self.timings: dict[str, float] = {}
         # Chunks are keyed by the config, the inputs and the code as the run starts: an edit made while it
         # runs neither splits its chunks between two keys nor is mistaken for the code that made them.
-        self.key = hashlib.sha256(json.dumps([self.config, self.inputs, code_hash(self.analysis)],
+        # The precision and the kind of device are part of the key (not the GPU index: every process of
+        # `accelerate launch` shares the chunks).
+        from .device import resolve
+
+        dev, dtype = resolve(model=model)
+        precision = [dev.split(":")[0], str(dtype).removeprefix("torch.")]
+        self.key = hashlib.sha256(json.dumps([self.config, self.inputs, code_hash(self.analysis), precision],
                                              sort_keys=True).encode()).hexdigest()[:12]
 
     def __enter__(self):

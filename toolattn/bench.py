@@ -14,6 +14,8 @@ All figures come from one run on this machine, so they are comparable with each 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 import time
 
 import torch
@@ -87,7 +89,16 @@ def main(argv=None) -> None:
     ap.add_argument("--project-hub", action="store_true",
                     help="also time generation, thinking and capture, and project the wall time of `make hub`")
     ap.add_argument("--json", default=None, help="write the figures to this file too")
+    ap.add_argument("--agreement", default=None, metavar="DTYPE",
+                    help="instead: agreement of float32 and DTYPE decisions on the CPU (every request of both splits)")
     args = ap.parse_args(argv)
+    if args.agreement:
+        out = precision_agreement(args.model, dtype=args.agreement, device=args.device or "cpu", repeats=1,
+                                  every_request=True)
+        print(json.dumps(out, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
+        return
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     device = model_device(lm.model)
@@ -169,10 +180,7 @@ def main(argv=None) -> None:
     for k, v in rows:
         print(f"{k:<{w}}  {v}")
     if args.json:
-        import json
-
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+        Path(args.json).write_text(json.dumps(out, indent=1))
 
 
 def project_hub(engine, reqs, tools, device, n: int = 32) -> dict:
@@ -232,17 +240,22 @@ def project_hub(engine, reqs, tools, device, n: int = 32) -> dict:
 
 
 def precision_agreement(model: str = "qwen2.5-coder-1.5b", dtype: str = "bfloat16", device: str = "cpu",
-                        profile: str = "fast", repeats: int = 2) -> dict:
-    """Do the baseline's decisions survive a lower precision? The baseline's request subset of
-    ``profile`` (forced choice over the core tools, and the tool / no-tool decision; no generation),
-    scored in float32 and in ``dtype`` on ``device``: agreement of both decisions, and the time of each
-    (the best of ``repeats`` scoring passes, alternating, after a warm-up)."""
+                        profile: str = "fast", repeats: int = 2, every_request: bool = False) -> dict:
+    """Do the decisions survive a lower precision? The baseline's request subset of ``profile``, or
+    with ``every_request`` every request of both splits (forced choice over the core tools, and the
+    tool / no-tool decision; no generation), scored in float32 and in ``dtype`` on ``device``:
+    agreement of both decisions with its Wilson interval, the requests that disagree, and the time of
+    each precision (the best of ``repeats`` scoring passes, after a warm-up)."""
     from .artifacts import load_profile
+    from .stats import wilson
 
     prof = load_profile(profile)
     cfg = prof["baseline"]
-    reqs = select(load_prompts(), split=None if cfg["split"] == "all" else cfg["split"], n_per_tool=cfg["n_per_tool"],
-                  n_no_tool=cfg["n_no_tool"], seed=prof["seed"])
+    if every_request:
+        reqs = select(load_prompts(), split=None, n_per_tool=None, n_no_tool=None)
+    else:
+        reqs = select(load_prompts(), split=None if cfg["split"] == "all" else cfg["split"],
+                      n_per_tool=cfg["n_per_tool"], n_no_tool=cfg["n_no_tool"], seed=prof["seed"])
     texts, tools = [r.text for r in reqs], core_tools()
     runs = {}
     for name in ("float32", dtype):
@@ -264,7 +277,10 @@ def precision_agreement(model: str = "qwen2.5-coder-1.5b", dtype: str = "bfloat1
     return {"model": model, "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
             "requests": len(reqs), "tool_requests": sum(needs),
             "forced_choice_agreement": sum(forced) / len(forced), "decision_agreement": sum(decided) / len(decided),
-            "all_decisions_agreement": sum(both) / len(both),
+            "all_decisions_agreement": sum(both) / len(both), "decisions": len(both),
+            "all_decisions_agreement_ci": list(wilson(sum(both), len(both))),
+            "disagreeing_requests": sorted({r.id for a, b, r in zip(ref, low, reqs)
+                                            if a.decides_tool != b.decides_tool or (r.tool and a.choice != b.choice)}),
             "max_abs_p_tool_diff": max(abs(a.p_tool - b.p_tool) for a, b in zip(ref, low)),
             "forced_accuracy": {"float32": sum(a.choice == r.tool for a, r in zip(ref, reqs) if r.tool) / sum(needs),
                                 dtype: sum(b.choice == r.tool for b, r in zip(low, reqs) if r.tool) / sum(needs)},

@@ -4,7 +4,8 @@ The setting is ``(device, dtype)``, each a string. Where it comes from, first fo
 
 1. ``configure(device=..., dtype=...)`` -- the command line (``--device``, ``--dtype``);
 2. the environment, ``TOOLATTN_DEVICE`` and ``TOOLATTN_DTYPE``;
-3. the profile's ``device`` / ``dtype`` keys (``configure(profile=...)``);
+3. the profile's ``device`` / ``dtype`` keys (``configure(profile=...)``); the profile's ``dtype`` may
+   be a table, ``{default = "auto", "<model>" = "bfloat16"}``, read for the model being loaded;
 4. ``auto``.
 
 ``device``: ``auto`` (CUDA when a GPU is present, else CPU), ``cpu``, ``cuda``, ``cuda:N``, or ``map``
@@ -42,15 +43,18 @@ def configure(device: str | None = None, dtype: str | None = None, profile: dict
         _profile.update(device=profile.get("device"), dtype=profile.get("dtype"))
 
 
-def _pick(key: str) -> str:
-    return _cli[key] or os.environ.get(f"TOOLATTN_{key.upper()}") or _profile[key] or "auto"
+def _pick(key: str, model: str | None = None) -> str:
+    prof = _profile[key]
+    if isinstance(prof, dict):  # a per-model table
+        prof = prof.get(model, prof.get("default")) if model else prof.get("default")
+    return _cli[key] or os.environ.get(f"TOOLATTN_{key.upper()}") or prof or "auto"
 
 
-def resolve(device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
-            ) -> tuple[str, torch.dtype]:
+def resolve(device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+            model: str | None = None) -> tuple[str, torch.dtype]:
     """``(device, dtype)`` to load a model with: ``device`` is ``"cpu"``, ``"cuda[:N]"`` or ``"map"``.
 
-    Arguments given here win over the run's setting.
+    Arguments given here win over the run's setting; ``model`` picks its row of a per-model profile dtype.
     """
     dev = str(device) if device is not None else _pick("device")
     if dev == "auto":
@@ -63,7 +67,7 @@ def resolve(device: str | torch.device | None = None, dtype: str | torch.dtype |
         raise ValueError(f"device {dev!r} was asked for but no CUDA GPU is visible; use --device cpu")
     if isinstance(dtype, torch.dtype):
         return dev, dtype
-    name = dtype or _pick("dtype")
+    name = dtype or _pick("dtype", model)
     if name == "auto":
         name = CPU_DTYPE if dev == "cpu" else GPU_DTYPE
     if name not in DTYPES:

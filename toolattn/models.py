@@ -121,7 +121,7 @@ def load_model(name: str, local_path: str | Path | None = None, dtype=None,
     """
     spec = get_spec(name)
     local_path = local_path or os.environ.get(local_env(name))
-    device, dtype = devices.resolve(device, dtype)
+    device, dtype = devices.resolve(device, dtype, model=spec.name)
     if spec.kind == "tiny":
         from .tiny import build_tiny
 
