@@ -436,7 +436,8 @@ def weight_divergence_chunk(lm, model, profile, cfg) -> dict:
     a, b = decoder_parts_shapes(plm.model), decoder_parts_shapes(lm.model)
     if a != b:
         return {"applicable": False, "why": f"{parent} and {model} differ in architecture"}
-    child = lm if next(lm.model.parameters()).dtype == torch.float32 else \
+    w = next(lm.model.parameters())
+    child = lm if (w.dtype, w.device.type) == (torch.float32, "cpu") else \
         load_model(model, profile=profile, device="cpu", dtype=torch.float32)
     note_loaded(lm.model)  # the manifest names the precision the analysis ran in
     return {"applicable": True, "parent": parent, "layers": weight_divergence(plm.model, child.model)}

@@ -114,6 +114,56 @@ def test_layout_masks_padding_groups_and_windows():
     assert step.q_pos.tolist() == [[5], [4]] and step.k_valid[1].tolist() == [1, 1, 1, 1, 0, 1]
 
 
+# --- fused kernels on a GPU ----------------------------------------------------------------------
+
+def _liger_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+@requires_cuda
+@pytest.mark.skipif(not _liger_installed(), reason="needs liger-kernel (pip install -e '.[gpu]')")
+@pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-qwen3", "tiny-gemma3"])
+def test_fused_kernels_keep_decisions_hooks_and_later_models(name, tools, monkeypatch):
+    """bf16 on CUDA with liger's fused RMSNorm and MLP makes the clear decisions of the plain bf16 model;
+    the neuron site (``down_proj``'s input) still sees the same activations; a model of the same
+    architecture loaded afterwards (here on the CPU) is the plain one and runs."""
+    import math
+
+    monkeypatch.setenv("TOOLATTN_DTYPE", "bfloat16")
+    monkeypatch.setenv("TOOLATTN_FUSED", "0")
+    plain = load_model(name, device="cuda")
+    monkeypatch.setenv("TOOLATTN_FUSED", "auto")
+    fused = load_model(name, device="cuda")
+    assert devices.describe(fused.model)["fused_kernels"] == "liger" and devices.describe(plain.model)["fused_kernels"] is None
+    assert any("Liger" in m._get_name() for m in fused.model.modules())  # liger renames what it patches
+    a, b = _decisions(plain, tools), _decisions(fused, tools)
+    clear = 0
+    for x, y in zip(a, b):
+        top = sorted(x.logprobs.values(), reverse=True)
+        if top[0] - top[1] > MARGIN:
+            clear += 1
+            assert x.choice == y.choice, (name, x.request)
+        if abs(math.log(x.p_tool) - math.log(x.p_other)) > MARGIN:
+            clear += 1
+            assert x.decides_tool == y.decides_tool, (name, x.request)
+        assert abs(x.p_tool - y.p_tool) < 0.05
+    assert clear >= len(REQUESTS) // 2, (name, clear)
+    seen = []
+    hooks = [lm.model.model.layers[0].mlp.down_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0].float()))
+             for lm in (plain, fused)]
+    _decisions(plain, tools[:3]), _decisions(fused, tools[:3])
+    for h in hooks:
+        h.remove()
+    half = len(seen) // 2
+    assert half and all(torch.allclose(p, f, atol=0.1, rtol=0.05) for p, f in zip(seen[:half], seen[half:]))
+    monkeypatch.setenv("TOOLATTN_DTYPE", "float32")
+    later = load_model(name, device="cpu")
+    assert not any("Liger" in m._get_name() for m in later.model.modules())
+    _decisions(later, tools[:2])
+
+
 # --- reduced precision keeps the decisions --------------------------------------------------------
 
 # Log-probability gap (nats) above which a decision is clear. bf16 keeps ~3 significant digits, and the

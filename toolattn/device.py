@@ -75,6 +75,35 @@ def resolve(device: str | torch.device | None = None, dtype: str | torch.dtype |
     return dev, DTYPES[name]
 
 
+def fuse_kernels(model) -> str | None:
+    """Liger's fused Triton kernels (RMSNorm, SwiGLU / GeGLU MLP) on a model in bfloat16 / float16 on CUDA,
+    where ``liger-kernel`` is installed (``pip install -e ".[gpu]"``) and ``TOOLATTN_FUSED`` is not ``0``:
+    the name of the kernels applied ("liger"), else None. Only this model's modules change: liger also
+    replaces the architecture's classes in its transformers module, and those are put back, so a model
+    loaded later (on the CPU, say) is the plain one. The MLP still calls ``down_proj`` as a module, so
+    the neuron site (its input) and every hook are unchanged; RoPE stays unfused (liger's replaces a
+    module function for every model). H100, random Qwen3-4B, 10 tools: 2.7 -> 2.1 ms per request."""
+    p = next(model.parameters())
+    if (os.environ.get("TOOLATTN_FUSED", "auto") == "0" or p.device.type != "cuda"
+            or p.dtype not in (torch.bfloat16, torch.float16)):
+        return None
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        return None
+    import importlib
+
+    module = importlib.import_module(type(model).__module__)
+    saved = dict(vars(module))
+    _apply_liger_kernel_to_instance(model, rope=False, rms_norm=True, swiglu=True, geglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+    for name, value in saved.items():
+        if vars(module).get(name) is not value:
+            setattr(module, name, value)
+    model.toolattn_fused = "liger"
+    return "liger"
+
+
 def model_device(model) -> torch.device:
     """The device of a model's inputs: where its token embeddings live (the first GPU of a map)."""
     return model.get_input_embeddings().weight.device
@@ -109,7 +138,8 @@ def describe(model=None) -> dict:
         name, dtype = resolve()
         dev = torch.device("cuda" if name == "map" else name)
     out = {"device": str(dev), "device_name": "cpu", "dtype": str(dtype).removeprefix("torch."),
-           "torch": torch.__version__, "cuda": torch.version.cuda}
+           "torch": torch.__version__, "cuda": torch.version.cuda,
+           "fused_kernels": getattr(model, "toolattn_fused", None) if model is not None else None}
     if dev.type == "cuda":
         out["device_name"] = torch.cuda.get_device_name(dev)
         out["gpus"] = torch.cuda.device_count()

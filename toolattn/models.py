@@ -152,6 +152,7 @@ def load_model(name: str, local_path: str | Path | None = None, dtype=None,
             model, tok = _from_hub(spec, dtype, device)
             files = {spec.source: "hub"}
     model.eval()
+    devices.fuse_kernels(model)
     devices.note_loaded(model)
     return LoadedModel(spec, model, tok, files)
 
