@@ -40,6 +40,25 @@ def test_generation_equals_hf_greedy(tiny, tools):
         assert len(ids_got) >= 1 and ids_got == ref[: len(ids_got)], (tiny.name, r)
 
 
+def test_a_request_whose_first_token_is_a_space_shares_the_shorter_prefix(tools):
+    """The tiny Gemma3 tokenizer gives "Why ..." a token of its own for the space before it, so that
+    request's prefix is one token longer; whichever request comes first, the engine caches what all
+    share and scores, generates and knocks out as a naive forward does."""
+    from toolattn.models import load_model
+
+    lm = load_model("tiny-gemma3")
+    texts = ["Why is the sky blue?", "Tell me a joke"]
+    engine = ToolChoiceEngine(lm, batch_size=2, progress=False)
+    lens = [f.prefix_len for f in engine.format(texts, tools)]
+    assert lens[0] == lens[1] + 1  # the case under test
+    for order in (texts, texts[::-1]):
+        for r, g in zip(order, engine.score(order, tools)):
+            ref = naive_choice(lm, r, tools)
+            assert max(abs(ref.logprobs[n] - g.logprobs[n]) for n in ref.logprobs) < 1e-4
+        assert engine.generate(order, tools, max_new_tokens=3) == [engine.generate([r], tools, max_new_tokens=3)[0]
+                                                                   for r in order]
+
+
 def test_prefix_mismatch_is_an_error(tiny, tools):
     engine = ToolChoiceEngine(tiny, batch_size=2, progress=False)
     fs = engine.format(REQUESTS[:1], tools) + engine.format(REQUESTS[:1], tools[::-1])

@@ -36,7 +36,7 @@ from .device import model_device, to_numpy_ready
 from .interventions import traced_forward
 from .layout import Layout
 from .models import LoadedModel
-from .scoring import Packed, PrefixCache, ToolChoiceEngine, decoder_parts, kv_cache
+from .scoring import Packed, PrefixCache, ToolChoiceEngine, decoder_parts, kv_cache, shortest_prefix
 from .tools import Tool
 
 
@@ -106,7 +106,7 @@ class HeadKnockout:
             raise ValueError(f"gold tools {unknown} are not in the tool list {names}")
         self.gold = torch.tensor([names.index(g) for g in gold])
         fs = self.engine.format(requests, tools)
-        f0 = fs[0]
+        f0 = shortest_prefix(fs)
         self.T, self.P = f0.tool_block_end, f0.prefix_len
         for f in fs:
             if f.input_ids[: self.P] != f0.input_ids[: self.P]:

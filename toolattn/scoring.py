@@ -135,6 +135,12 @@ class PrefixCache:
         return len(self.ids)
 
 
+def shortest_prefix(formatted: list[Formatted]) -> Formatted:
+    """The prompt whose shared prefix is shortest: what every request of a call shares (a request's first
+    token may absorb the space before it, which shortens that request's prefix by one token)."""
+    return min(formatted, key=lambda f: f.prefix_len)
+
+
 class ToolChoiceEngine:
     """Scores tool choices for batches of requests against one tool list at a time."""
 
@@ -184,7 +190,7 @@ class ToolChoiceEngine:
         running the request again (``rescore``).
         """
         formatted = self.format(requests, tools, after)
-        prefix = self.prefix(tools, formatted[0])
+        prefix = self.prefix(tools, shortest_prefix(formatted))
         cands = [self.formatter.candidate_ids(formatted[0], t.name) for t in tools]
         names = [t.name for t in tools]
         unknown = sorted(set(only or []) - set(names))
@@ -293,7 +299,7 @@ class ToolChoiceEngine:
         the candidates in ``only`` run (one list for every request, or one per request: each row packs its
         own); their first token's log-probability is read from ``first``."""
         formatted = self.format(requests, tools)
-        prefix = self.prefix(tools, formatted[0])
+        prefix = self.prefix(tools, shortest_prefix(formatted))
         P = len(prefix)
         cands = [self.formatter.candidate_ids(formatted[0], t.name) for t in tools]
         names = [t.name for t in tools]
@@ -403,7 +409,7 @@ class ToolChoiceEngine:
         ``thinking=True``: the prompt leaves thinking on; ``stop_ids``: end at these tokens instead of the
         usual ones (and do not end a reply early once its call is decided)."""
         formatted = self.format(requests, tools, after, thinking)
-        prefix = self.prefix(tools, formatted[0])
+        prefix = self.prefix(tools, shortest_prefix(formatted))
         stop = self.stop_ids() if stop_ids is None else stop_ids
         decided, self.stop_when_decided = self.stop_when_decided, self.stop_when_decided and stop_ids is None
         texts: list = [None] * len(formatted)
