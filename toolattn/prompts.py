@@ -25,6 +25,7 @@ position (last token of the call prefix, whose output is the first token of the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from .tools import Tool
@@ -209,12 +210,12 @@ class PromptFormatter:
         prefix_len = _count_before(offsets, req_start)
         spans, cursor = [], _tool_block_start(text)
         for t in tools:
-            n0 = text.find(t.name, cursor)
-            d0 = text.find(t.description, n0 + len(t.name))
+            n0, n_len = _find_rendered(text, t.name, cursor, req_start)
+            d0, d_len = _find_rendered(text, t.description, n0 + n_len, req_start)
             if n0 < 0 or d0 < 0 or d0 > req_start:
                 raise ValueError(f"tool {t.name!r} not found in the tool block of the rendered prompt")
-            cursor = d0 + len(t.description)
-            spans.append(ToolSpan(t.name, _token_span(offsets, n0, n0 + len(t.name)),
+            cursor = d0 + d_len
+            spans.append(ToolSpan(t.name, _token_span(offsets, n0, n0 + n_len),
                                   _token_span(offsets, d0, cursor)))
         block_end_char = _tool_block_end(text, cursor)
         tool_block_end = _count_before(offsets, block_end_char)
@@ -242,6 +243,22 @@ class PromptFormatter:
         """Token ids that open a call as the first reply token (for P(tool))."""
         first = {self.tok(s, add_special_tokens=False)["input_ids"][0] for s in self.call_open}
         return sorted(first)
+
+
+def _find_rendered(text: str, s: str, start: int, limit: int) -> tuple[int, int]:
+    """(index, length) of ``s`` as rendered in ``text`` from ``start``: the raw string, or, where the
+    raw string is not found before ``limit`` (the request), its JSON-escaped form (chat templates
+    render tools as JSON, so quotes, backslashes and newlines appear escaped), then its ASCII-escaped
+    form. When no form lies before ``limit``: the raw string's search result (-1 when absent)."""
+    raw = text.find(s, start)
+    if 0 <= raw <= limit:
+        return raw, len(s)
+    for form in (json.dumps(s, ensure_ascii=False)[1:-1], json.dumps(s, ensure_ascii=True)[1:-1]):
+        if form != s:
+            i = text.find(form, start)
+            if 0 <= i <= limit:
+                return i, len(form)
+    return raw, len(s)
 
 
 def _count_before(offsets, char: int) -> int:
