@@ -14,6 +14,8 @@ STAMP := $(VENV)/.installed
 PROFILE ?= fast
 ART := artifacts
 CACHE := $(or $(TOOLATTN_CACHE),.cache)/models
+# The BFCL data (external validity), read from the bfcl-eval wheel once: toolattn/bfcl.py.
+BFCL_DATA := $(or $(TOOLATTN_CACHE),.cache)/bfcl/2026.3.23/source.json
 
 # Everything an analysis reads besides its own module and its model: the library, the profiles,
 # the prompt sets and tool catalog. The chat templates are read when the tuned child is made (its
@@ -48,6 +50,9 @@ models: $(foreach m,$(EMBEDDED),$(call model_stamp,$(m)))
 $(CACHE)/%/source.json: | $(STAMP)
 	$(PY) -m toolattn.cli convert $*
 
+$(BFCL_DATA): | $(STAMP)
+	$(PY) -m toolattn.bfcl
+
 # --- analyses ------------------------------------------------------------------------------
 # artifacts/<profile>/<model>/<analysis>/manifest.json is written last, so it marks a finished run.
 # Each analysis runs on the models listed here; a rule depends on its code, the library (with its
@@ -58,7 +63,7 @@ QWEN := qwen2.5-coder-1.5b
 GEMMA := gemma-3-270m
 RUNS := baseline:$(QWEN) baseline:$(GEMMA) retrieval_heads:$(QWEN) head_knockout:$(QWEN) scaling:$(QWEN) \
         failure_modes:$(QWEN) finetune:$(CHILD) circuit_zones:$(CHILD) circuit_zones:$(GEMMA) circuit_zones:$(QWEN) \
-        circuit_neurons:$(CHILD) circuit_neurons:$(GEMMA) circuit_neurons:$(QWEN)
+        circuit_neurons:$(CHILD) circuit_neurons:$(GEMMA) circuit_neurons:$(QWEN) bfcl:$(QWEN) bfcl:$(CHILD)
 model_dep = $(if $(filter $(2),$(CHILD)),$(ART)/$(1)/$(CHILD)/finetune/manifest.json,$(call model_stamp,$(2)))
 finetune_model_dep = $(call model_stamp,$(GEMMA)) $(TEMPLATES)
 # An analysis that reads another's artifacts depends on them (and on its code: shared helpers).
@@ -66,10 +71,15 @@ UPSTREAM_head_knockout := retrieval_heads
 UPSTREAM_scaling := retrieval_heads
 UPSTREAM_failure_modes := scaling baseline
 UPSTREAM_circuit_neurons := circuit_zones
-upstream_dep = $(foreach u,$(UPSTREAM_$(2)),$(ART)/$(1)/$(3)/$(u)/manifest.json analyses/$(u).py)
+# ... or only on some models (the retrieval-head parts of bfcl run on the tool-selection models).
+UPSTREAM_bfcl_$(QWEN) := retrieval_heads
+UPSTREAM_bfcl_qwen3-4b := retrieval_heads
+upstream_dep = $(foreach u,$(UPSTREAM_$(2)) $(UPSTREAM_$(2)_$(3)),$(ART)/$(1)/$(3)/$(u)/manifest.json analyses/$(u).py)
+# Other files an analysis reads: data fetched at set-up, analyses whose helpers it imports.
+EXTRA_bfcl := $(BFCL_DATA) analyses/head_knockout.py analyses/retrieval_heads.py
 
 define analysis_rule
-$(ART)/$(1)/$(3)/$(2)/manifest.json: analyses/$(2).py $(LIB) $(DATA) $(call upstream_dep,$(1),$(2),$(3)) \
+$(ART)/$(1)/$(3)/$(2)/manifest.json: analyses/$(2).py $(LIB) $(DATA) $(call upstream_dep,$(1),$(2),$(3)) $(EXTRA_$(2)) \
     $(if $(filter finetune,$(2)),$(finetune_model_dep),$(call model_dep,$(1),$(3))) | $(STAMP)
 	$(PY) -m analyses.$(2) --profile $(1) --model $(3)
 endef
@@ -89,8 +99,8 @@ finetune: $(ART)/$(PROFILE)/$(CHILD)/finetune/manifest.json
 
 # The paper's own models (weights from a model hub, or TOOLATTN_LOCAL_<NAME> folders): see README.
 HUB_RUNS := baseline:qwen3-4b retrieval_heads:qwen3-4b head_knockout:qwen3-4b scaling:qwen3-4b \
-            failure_modes:qwen3-4b baseline:functiongemma-270m circuit_zones:functiongemma-270m \
-            circuit_neurons:functiongemma-270m
+            failure_modes:qwen3-4b bfcl:qwen3-4b baseline:functiongemma-270m circuit_zones:functiongemma-270m \
+            circuit_neurons:functiongemma-270m bfcl:functiongemma-270m
 hub: | $(STAMP)
 	@for r in $(HUB_RUNS); do a=$${r%%:*}; m=$${r#*:}; $(PY) -m analyses.$$a --profile hub --model $$m || exit 1; done
 	$(MAKE) report PROFILE=hub

@@ -342,7 +342,8 @@ def test_claims_file_covers_the_reference_numbers():
                 "essential_heads": 0.1}
     for cid, reported in expected.items():
         assert by_id[cid]["reported"] == pytest.approx(reported), cid
-    assert {c["source"] for c in items} == set(sources) == {"tool_selection_plan.md", "functiongemma_circuit.md"}
+    assert {c["source"] for c in items} == set(sources) == {"tool_selection_plan.md", "functiongemma_circuit.md",
+                                                                    "attention_tool_selection"}
 
 
 def test_templates_type_no_numbers():

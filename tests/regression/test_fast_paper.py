@@ -16,5 +16,6 @@ def test_fast_paper_renders_every_section(tmp_path):
     out = render.build("fast", build_dir=tmp_path, strict=True, to=(), log=lambda *a: None)
     qmd = out["qmd"].read_text()
     assert "Not yet run" not in qmd
-    for heading in ("Phase 3: from 2 to 50 tools", "Phase 4: why selection fails"):
+    for heading in ("Phase 3: from 2 to 50 tools", "Phase 4: why selection fails",
+                    "Real functions: the retrieval heads on BFCL"):
         assert heading in qmd

@@ -21,7 +21,8 @@ PROFILE = "fast"
 TOLERANCE = {"baseline": dict(atol=1e-6, rtol=0), "retrieval_heads": dict(atol=1e-5, rtol=0),
              "finetune": dict(atol=1e-5, rtol=0), "circuit_zones": dict(atol=1e-5, rtol=0),
              "head_knockout": dict(atol=1e-4, rtol=0), "scaling": dict(atol=1e-4, rtol=0),
-             "failure_modes": dict(atol=1e-6, rtol=0), "circuit_neurons": dict(atol=1e-5, rtol=0)}
+             "failure_modes": dict(atol=1e-6, rtol=0), "circuit_neurons": dict(atol=1e-5, rtol=0),
+             "bfcl": dict(atol=1e-4, rtol=0)}
 # analysis -> (models, metric paths in result.json; a {value, lo, hi, n} metric pins all four)
 PINS = {
     "baseline": (["qwen2.5-coder-1.5b", "gemma-3-270m"], [
@@ -64,6 +65,9 @@ PINS = {
         "steer_prevent_dp_tool", "random_direction_dp_tool", "over_calling.alpha",
         "over_calling.no_tool_decline", "over_calling.tool_call", "promoters.0.1", "suppressors.0.1",
         "top10_ablation_drop.L0", "random10_ablation_drop.L0.mean"]),
+    "bfcl": (["qwen2.5-coder-1.5b", "gemma-3-270m-tools"], [
+        "n_tool_requests", "n_irrelevance", "n_function_lists", "forced_accuracy", "generation_accuracy",
+        "chance_accuracy", "tool_call_rate", "irrelevance_call_rate", "tool_no_tool_accuracy", "p_tool_auc"]),
 }
 # metrics that only some models have: (model, analysis) -> more paths
 PINS_EXTRA = {
@@ -76,6 +80,13 @@ PINS_EXTRA = {
         "top10_ablation_drop.L11", "steer_per_layer_force_dp_tool.L11", "reference_neurons.neurons.0.rank",
         "reference_neurons.neurons.0.ablation_drop", "steer_force_dp_tool_after_block"],
     ("qwen2.5-coder-1.5b", "circuit_neurons"): ["tool_to_tool_flip_rate", "tool_to_tool_random_flip_rate"],
+    ("qwen2.5-coder-1.5b", "bfcl"): [
+        "top_heads.0.corr", "top_heads.0.p_holm", "top_heads.0.gold_top1_rate", "top_heads_significant",
+        "top_head_mean_gold_top1_rate", "top_head_gold_top1_excess", "looking_vs_picking.looks_at_gold",
+        "looking_vs_picking.looks_at_chosen", "ranking.spearman", "ranking.top10_overlap", "selector.margin",
+        "selector.model_accuracy", "selector.selector_accuracy", "selector.uncalibrated_accuracy",
+        "selector.combined_accuracy", "selector.selector_minus_model", "selector.combined_minus_model",
+        "knockout.drop", "knockout.margin_change", "knockout.margin_change_beyond_random"],
 }
 CASES = [(m, a) for a, (ms, _) in PINS.items() for m in ms]
 
