@@ -279,7 +279,11 @@ def head_summary(run: Run, cfg, tool_rows, top, L, H, up) -> dict:
     heads = []
     for i, (l, h) in enumerate(top):
         hits = np.array([a[:, idx[i]].argmax() == g for a, g in zip(x, gold)])
-        heads.append({"layer": l, "head": h, "corr": float(corr[i]), "p": float(p[i]), "p_holm": float(p_holm[i]),
+        ci = bootstrap_ci(np.arange(len(x)), lambda b, i=i: pair_corr([x[k][:, idx[i]][:, None] for k in b.astype(int)],
+                                                                    chosen[b.astype(int)])[0],
+                          n_resamples=cfg["n_bootstrap"], seed=seed)
+        heads.append({"layer": l, "head": h, "corr": {**ci, "value": float(corr[i])}, "p": float(p[i]),
+                      "p_holm": float(p_holm[i]),
                       "gold_top1_rate": proportion(hits), "chosen_top1_rate":
                       proportion([a[:, idx[i]].argmax() == c for a, c in zip(x, chosen)])})
     mean_top = [a[:, idx].mean(1) for a in x]  # [tools] per request
