@@ -49,6 +49,7 @@ from toolattn.datasets import load_prompts  # noqa: E402
 from toolattn.knockout import HeadKnockout, certified, margin  # noqa: E402
 from toolattn.models import load_model  # noqa: E402
 from toolattn.scoring import ToolChoiceEngine  # noqa: E402
+from toolattn.selector import tool_shares  # noqa: E402
 from toolattn.stats import accuracy, bootstrap_ci, empty, independent_difference  # noqa: E402
 from toolattn.tools import CORE_NAMES, load_catalog  # noqa: E402
 
@@ -93,7 +94,7 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
             with capture_attention(lm.model) as cap:
                 choices = engine.choose(texts, tools, gold, desc=f"{model} {name}",
                                         forward_kwargs=cap.kwargs_for(decision_rows))
-            shares = list_shares(cap.weights, sample)  # [n, tools, L * H]
+            shares = tool_shares(cap.weights, sample)  # [n, tools, L * H]
             out = {"seconds": time.time() - t0, "prompt_tokens": len(sample.input_ids), "fallbacks": engine.fallbacks,
                    "chosen": [c.choice for c in choices],
                    "margin": [c.logprobs[g] - max(v for n, v in c.logprobs.items() if n != g)
@@ -183,20 +184,6 @@ def position_bin(position: int, k: int) -> str:
 
 
 # --- attention on the tools ------------------------------------------------------------------------
-
-def list_shares(weights, f) -> np.ndarray:
-    """Shares of the decision position's attention on each listed tool (name + description tokens),
-    renormalised over the tools: ``[requests, tools (list order), layers * heads]``. ``weights``: per
-    engine batch ``[layers, batch, heads, keys]``."""
-    out = []
-    for w in weights:
-        w = w.permute(1, 0, 2, 3).numpy()  # [batch, layers, heads, keys]
-        mass = np.stack([w[..., a:b].sum(-1) for a, b in (t.span for t in f.tools)], 1)  # [batch, tools, L, H]
-        out.append(mass.reshape(*mass.shape[:2], -1))
-    mass = np.concatenate(out)
-    total = mass.sum(1, keepdims=True)
-    return np.where(total > 0, mass / np.where(total > 0, total, 1), 1.0 / mass.shape[1])
-
 
 def top_share(shares: np.ndarray, top_idx: list[int]) -> np.ndarray:
     """One request's shares ``[tools, L * H]`` averaged over the top heads (all heads if none) -> ``[tools]``."""
