@@ -425,7 +425,7 @@ def figures(run: Run, metrics: dict, tool_rows, top, H) -> None:
     ax.set_xlabel("functions declared")
     ax.set_ylabel("accuracy (Wilson 95%)")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left")
     ax.set_title(f"{model}: BFCL accuracy by list size", fontsize=9)
     fig.tight_layout()
     run.save_figure("accuracy_by_size", fig, f"Forced-choice and generation accuracy on BFCL tool requests by the "

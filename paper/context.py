@@ -341,7 +341,7 @@ class Context:
         rows = self._index("inputs")
         if kind is None:
             return rows
-        is_data = lambda name: name.startswith("data/") or "/data/" in name or Path(name).suffix == ".json"
+        is_data = lambda name: name.startswith("data/") or "/data/" in name or Path(name).suffix in (".json", ".csv")
         return [r for r in rows if is_data(r["name"]) == (kind == "data")]
 
     def versions(self) -> list[dict]:
