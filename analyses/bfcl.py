@@ -60,7 +60,6 @@ from toolattn.stats import accuracy, bootstrap_ci, holm, paired_difference, prop
 
 UPSTREAM = "retrieval_heads"
 TOOL_SUBSETS = ("multiple", "live_multiple")
-HALVES = ("selection", "heldout")
 TOP_OVERLAP = 10  # heads compared between the synthetic and the BFCL rankings
 
 
@@ -89,7 +88,7 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
     cfg = cfg or settings(profile, model)
     requests, data = sample(cfg)
     heads_part = cfg["heads"]
-    top, up, inputs = [], None, {}
+    top, inputs = [], {}
     if heads_part:
         up = load_result(profile, model, UPSTREAM)["metrics"]
         top = [(h["layer"], h["head"]) for h in up["top_heads"]][: cfg["top"]]
@@ -146,7 +145,7 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
         run.timing("reading_s", sum(c["seconds"] for c in chunks))
         run.timing("knockout_s", sum(c.get("knockout_seconds", 0.0) for c in chunks))
         run.timing("seconds_per_request", sum(c["seconds"] for c in chunks) / max(len(requests), 1))
-        summarise(run, cfg, groups, chunks, data, top, conditions, L, H, up)
+        summarise(run, cfg, groups, chunks, data, top, conditions, L, H)
 
 
 # --- the summary ------------------------------------------------------------------------------------
@@ -217,7 +216,7 @@ def best_margin(model_choice: np.ndarray, scores: np.ndarray, gold: np.ndarray) 
     return float(max(m for m, a in zip(candidates, accs) if a == top))
 
 
-def summarise(run: Run, cfg, groups, chunks, data, top, conditions, L, H, up) -> None:
+def summarise(run: Run, cfg, groups, chunks, data, top, conditions, L, H) -> None:
     rows = read_rows(groups, chunks)
     seed, nb = cfg["seed"], cfg["n_bootstrap"]
     tool_rows = [r for r in rows if r["gold"] is not None]
@@ -252,7 +251,7 @@ def summarise(run: Run, cfg, groups, chunks, data, top, conditions, L, H, up) ->
                                 if k in ("id", "subset", "gold", "n_tools", "chosen", "generated", "p_tool",
                                          "decides_tool", "tools")} for r in rows])
     if top and tool_rows:
-        metrics.update(head_summary(run, cfg, tool_rows, top, L, H, up))
+        metrics.update(head_summary(run, cfg, tool_rows, top, L, H))
         if conditions:
             metrics["knockout"] = knockout_summary(tool_rows, conditions, cfg)
     figures(run, metrics, tool_rows, top, H)
@@ -262,7 +261,7 @@ def summarise(run: Run, cfg, groups, chunks, data, top, conditions, L, H, up) ->
           f"{metrics['irrelevance_call_rate'].get('value', float('nan')):.2f}")
 
 
-def head_summary(run: Run, cfg, tool_rows, top, L, H, up) -> dict:
+def head_summary(run: Run, cfg, tool_rows, top, L, H) -> dict:
     """Parts 2, 4 and 5: the synthetic top heads on BFCL, the ranking on BFCL, looking vs picking, the selector."""
     seed = cfg["seed"]
     idx = [l * H + h for l, h in top]
@@ -311,8 +310,8 @@ def head_summary(run: Run, cfg, tool_rows, top, L, H, up) -> dict:
 
     # 5. the selector: calibrated, uncalibrated, and the combination with the model's choice
     cols = idx
-    cal = [(a[:, cols] - r["neutral"][:, cols]).mean(1) for a, r in zip(x, tool_rows)]
-    raw = [a[:, cols].mean(1) for a in x]
+    cal = [selector_scores(a[None], cols, r["neutral"])[0] for a, r in zip(x, tool_rows)]
+    raw = [selector_scores(a[None], cols)[0] for a in x]
     sel_ok = np.array([c.argmax() == g for c, g in zip(cal, gold)])
     raw_ok = np.array([c.argmax() == g for c, g in zip(raw, gold)])
     model_ok = chosen == gold
