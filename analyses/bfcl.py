@@ -93,8 +93,8 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
         up = load_result(profile, model, UPSTREAM)["metrics"]
         top = [(h["layer"], h["head"]) for h in up["top_heads"]][: cfg["top"]]
         up_dir = paths.artifact_dir(profile, model, UPSTREAM)
-        inputs = {f"{UPSTREAM}/result.json": sha256_file(up_dir / "result.json"),
-                  f"{UPSTREAM}/heads.csv": sha256_file(up_dir / "heads.csv")}
+        inputs = {f"{UPSTREAM}/{f}": sha256_file(up_dir / f) for f in ("result.json", "heads.csv", "requests.csv")}
+        inputs.update({"data/prompts.json": sha256_file(paths.PROMPTS_FILE), "data/tools.json": sha256_file(paths.TOOLS_FILE)})
     folder = bfcl.ensure_data()
     inputs.update({f"bfcl/{name}": sha256_file(folder / name) for name in bfcl.FILES})
     lm = load_model(model)
@@ -108,10 +108,19 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
     ko_ids = {tool_reqs[i].id for i in rng.choice(len(tool_reqs), size=n_ko, replace=False)} if n_ko else set()
     engine = ToolChoiceEngine(lm, batch_size=cfg["batch_size"], progress=False)
     groups = bfcl.groups(requests)
+    synth = synthetic_lists(profile, model, cfg) if top else {}
+    columns = [l * H + h for l, h in top]
     inputs.update(lm.files)
     with Run(profile, model, "bfcl", cfg, inputs, seed=cfg["seed"]) as run:
 
         def compute(name):
+            if name in synth:  # a synthetic list: forced choice and the top heads' shares
+                tools, reqs = synth[name]
+                t0 = time.time()
+                choices, shares, _ = read_shares(engine, [r.text for r in reqs] + [NEUTRAL_REQUEST], tools, desc=name)
+                bar.update(1)
+                return {"ids": [r.id for r in reqs], "scores": [[c.logprobs[t.name] for t in tools] for c in choices],
+                        "shares": encode(shares[:, :, columns]), "seconds": time.time() - t0}
             tools, members = groups[int(name.split("-")[1])]
             tools = list(tools)
             texts = [r.text for r in members]
@@ -134,7 +143,7 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
             bar.update(1)
             return out
 
-        names = [f"group-{g:04d}" for g in range(len(groups))]
+        names = [f"group-{g:04d}" for g in range(len(groups))] + list(synth)
         # one chunk per function list (rate and ETA over the lists this process computes)
         bar = tqdm(total=len(names), initial=sum(run.chunk_path(n).exists() for n in names), desc=f"{model} bfcl",
                    unit="list")
@@ -142,10 +151,69 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
         bar.close()
         if chunks is None:
             return  # a helper process: its chunks are written
+        chunks, synth_done = chunks[: len(groups)], dict(zip(synth, chunks[len(groups):]))
         run.timing("reading_s", sum(c["seconds"] for c in chunks))
         run.timing("knockout_s", sum(c.get("knockout_seconds", 0.0) for c in chunks))
         run.timing("seconds_per_request", sum(c["seconds"] for c in chunks) / max(len(requests), 1))
-        summarise(run, cfg, groups, chunks, data, top, conditions, L, H)
+        run.timing("synthetic_s", sum(c["seconds"] for c in synth_done.values()))
+        summarise(run, cfg, groups, chunks, data, top, conditions, L, H, synth, synth_done)
+
+
+# --- the selector on synthetic lists ---------------------------------------------------------------
+
+def synthetic_lists(profile: str, model: str, cfg: dict) -> dict:
+    """Synthetic tool lists of ``synthetic_counts`` tools (every core tool and seeded catalog distractors,
+    ``synthetic_orders`` seeded orders per count) with the held-out tool requests that did not select the
+    heads (not in Phase 1's selection half), dealt over the orders: ``{name: (tools, requests)}``."""
+    import csv
+
+    from toolattn.datasets import load_prompts
+    from toolattn.tools import CORE_NAMES, tool_list
+
+    counts = cfg.get("synthetic_counts", [])
+    if not counts:
+        return {}
+    if min(counts) < len(CORE_NAMES):
+        raise ValueError(f"synthetic_counts {counts}: every list must hold the {len(CORE_NAMES)} core tools (the gold "
+                         f"tools of the requests); use counts of at least {len(CORE_NAMES)} in toolattn/profiles.toml")
+    with open(paths.artifact_dir(profile, model, UPSTREAM) / "requests.csv", newline="") as f:
+        selection = {r["id"] for r in csv.DictReader(f) if r["half"] == "selection"}
+    pool = [p for p in load_prompts() if p.tool is not None and p.split == "heldout" and p.id not in selection]
+    rng = np.random.default_rng([cfg["seed"], 22])
+    pick = sorted(rng.permutation(len(pool))[: cfg["n_synthetic"]])
+    chosen = [pool[i] for i in pick]
+    out = {}
+    for k in counts:
+        for o in range(cfg["synthetic_orders"]):
+            reqs = chosen[o :: cfg["synthetic_orders"]]
+            if reqs:
+                out[f"synthetic-{k:02d}-{o}"] = (tool_list(k, seed=cfg["seed"] * 1000 + 100 * k + o), reqs)
+    return out
+
+
+def synthetic_summary(synth: dict, done: dict, margin: float | None) -> dict:
+    """Per tool count: the model's forced choice, the calibrated and uncalibrated selector and the
+    combination (with the margin chosen on the BFCL selection half) on the synthetic lists."""
+    per: dict = {}
+    for name, (tools, reqs) in synth.items():
+        c = done[name]
+        names = [t.name for t in tools]
+        gold = np.array([names.index(r.tool) for r in reqs])
+        scores = np.array(c["scores"][: len(reqs)])
+        shares = decode(c["shares"])  # [requests + 1, tools, top heads]
+        cal = selector_scores(shares[:-1], list(range(shares.shape[-1])), shares[-1])
+        raw = selector_scores(shares[:-1], list(range(shares.shape[-1])))
+        model = scores.argmax(1)
+        comb = combined_choice(model, cal, np.inf if margin is None else margin)
+        d = per.setdefault(str(len(tools)), {"model": [], "selector": [], "uncalibrated": [], "combined": []})
+        for key, pred in (("model", model), ("selector", cal.argmax(1)), ("uncalibrated", raw.argmax(1)),
+                          ("combined", comb)):
+            d[key] += list(pred == gold)
+    return {k: {"n": len(d["model"]), "model_accuracy": accuracy(d["model"]),
+                "selector_accuracy": accuracy(d["selector"]), "uncalibrated_accuracy": accuracy(d["uncalibrated"]),
+                "combined_accuracy": accuracy(d["combined"]),
+                "selector_minus_model": paired_difference(d["selector"], d["model"]),
+                "combined_minus_model": paired_difference(d["combined"], d["model"])} for k, d in per.items()}
 
 
 # --- the summary ------------------------------------------------------------------------------------
@@ -216,7 +284,7 @@ def best_margin(model_choice: np.ndarray, scores: np.ndarray, gold: np.ndarray) 
     return float(max(m for m, a in zip(candidates, accs) if a == top))
 
 
-def summarise(run: Run, cfg, groups, chunks, data, top, conditions, L, H) -> None:
+def summarise(run: Run, cfg, groups, chunks, data, top, conditions, L, H, synth=None, synth_done=None) -> None:
     rows = read_rows(groups, chunks)
     seed, nb = cfg["seed"], cfg["n_bootstrap"]
     tool_rows = [r for r in rows if r["gold"] is not None]
@@ -252,6 +320,7 @@ def summarise(run: Run, cfg, groups, chunks, data, top, conditions, L, H) -> Non
                                          "decides_tool", "tools")} for r in rows])
     if top and tool_rows:
         metrics.update(head_summary(run, cfg, tool_rows, top, L, H))
+        metrics["synthetic"] = synthetic_summary(synth or {}, synth_done or {}, metrics["selector"]["margin"])
         if conditions:
             metrics["knockout"] = knockout_summary(tool_rows, conditions, cfg)
     figures(run, metrics, tool_rows, top, H)

@@ -123,7 +123,8 @@ def bfcl_wheel(tmp_path, monkeypatch):
 
 CFG = {"seed": 0, "batch_size": 4, "n_multiple": 7, "n_live_multiple": 3, "n_irrelevance": 4, "heads": True,
        "top": 3, "min_tool_block_share": 0.001, "n_permutations": 50, "knockout_requests": 4, "n_random_sets": 2,
-       "max_rows": 16, "max_new_tokens": 8, "n_bootstrap": 20}
+       "max_rows": 16, "max_new_tokens": 8, "n_bootstrap": 20, "synthetic_counts": [12], "synthetic_orders": 2,
+       "n_synthetic": 6}
 
 
 def test_analysis_end_to_end_with_heads(bfcl_wheel):
@@ -146,6 +147,12 @@ def test_analysis_end_to_end_with_heads(bfcl_wheel):
     assert m["ranking"]["n_eligible_both"] > 0
     assert m["looking_vs_picking"]["n_failures"] == round(10 * (1 - m["forced_accuracy"]["value"]))
     assert (out / "selector.png").exists() and (out / "heads.csv").exists()
+    syn = m["synthetic"]["12"]  # 6 held-out synthetic requests outside Phase 1's selection half, 2 orders
+    assert syn["n"] == 6 and syn["model_accuracy"]["n"] == syn["selector_accuracy"]["n"] == 6
+    selection = {r.split(",")[0] for r in (bfcl_wheel / "smoke" / "tiny-qwen2" / "retrieval_heads" / "requests.csv")
+                 .read_text().splitlines()[1:] if ",selection," in r}
+    chunk = json.loads(next((out / "chunks").glob("synthetic-12-0.*.json")).read_text())
+    assert chunk["ids"] and not set(chunk["ids"]) & selection
     # resumed from the chunks: the same result, byte for byte
     before = (out / "result.json").read_bytes()
     (out / "manifest.json").unlink()
