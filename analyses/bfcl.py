@@ -226,6 +226,7 @@ def read_rows(groups, chunks) -> list[dict]:
         shares, block = decode(c["shares"]), decode(c["block"])
         ko = c.get("knockout")
         ko_at = {j: k for k, j in enumerate(ko["rows"])} if ko else {}
+        clean, knocked = (decode(ko["clean"]), decode(ko["knocked"])) if ko else (None, None)
         for j, r in enumerate(members):
             scores = np.array(c["scores"][j])
             reply = c["replies"][j]
@@ -235,7 +236,7 @@ def read_rows(groups, chunks) -> list[dict]:
                 "chosen": names[int(scores.argmax())], "p_tool": c["p_tool"][j], "decides_tool": c["decides_tool"][j],
                 "generated": parse_call(reply).name or "", "reply": reply,
                 "shares": shares[j], "neutral": shares[-1], "block": block[j],
-                "knockout": (decode(ko["clean"])[ko_at[j]], decode(ko["knocked"])[:, ko_at[j]]) if j in ko_at else None})
+                "knockout": (clean[ko_at[j]], knocked[:, ko_at[j]]) if j in ko_at else None})
     return rows
 
 

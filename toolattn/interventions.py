@@ -52,7 +52,7 @@ from .device import model_device, to_numpy_ready
 from .layout import Layout
 from .models import LoadedModel
 from .prompts import Formatted, PromptFormatter
-from .scoring import PrefixCache, decoder_parts, kv_cache
+from .scoring import PrefixCache, decoder_parts, kv_cache, shortest_prefix
 from .tools import Tool
 
 SITES = ("resid", "mlp")
@@ -68,7 +68,7 @@ def in_order(parts: list[torch.Tensor], batches: list[Batch], dim: int = 0) -> t
 def shared_len(fs: list[Formatted]) -> int:
     """Number of leading tokens every request shares (the tool block and what follows it up to the
     request; a request's first token may absorb a space, so this is the smallest ``prefix_len``)."""
-    return min(f.prefix_len for f in fs)
+    return shortest_prefix(fs).prefix_len
 
 
 def mlp_site(layer):
