@@ -30,7 +30,7 @@ REPORT_SRC := $(wildcard paper/*.py paper/*.toml paper/*.css paper/*.typ paper/t
 EMBEDDED := qwen2.5-coder-1.5b gemma-3-270m
 model_stamp = $(CACHE)/$(1)/source.json
 
-.PHONY: setup models fast all finetune hub report test check bench clean help FORCE
+.PHONY: setup models prepare fast all finetune hub report test check bench clean help FORCE
 .SECONDEXPANSION:
 help:
 	@sed -n '2,8p' Makefile
@@ -91,9 +91,14 @@ artifacts_of = $(foreach r,$(RUNS),$(ART)/$(1)/$(call run_model,$(r))/$(call run
 FAST_ARTIFACTS := $(call artifacts_of,fast)
 FULL_ARTIFACTS := $(call artifacts_of,full)
 
-fast: $(FAST_ARTIFACTS)
+# The model conversions and the BFCL download are single-threaded: they run side by side first.
+prepare: | $(STAMP)
+	$(MAKE) -j2 models $(BFCL_DATA)
+fast: prepare
+	$(MAKE) $(FAST_ARTIFACTS)
 	$(MAKE) report PROFILE=fast
-all: $(FULL_ARTIFACTS)
+all: prepare
+	$(MAKE) $(FULL_ARTIFACTS)
 	$(MAKE) report PROFILE=full
 finetune: $(ART)/$(PROFILE)/$(CHILD)/finetune/manifest.json
 
@@ -114,8 +119,12 @@ paper/build/%/report.pdf: $(REPORT_SRC) $$(wildcard $(ART)/$$*/*/*/result.json) 
 FORCE:
 
 # --- tests ---------------------------------------------------------------------------------
-test: $(FAST_ARTIFACTS) | $(STAMP)
-	$(PY) -m pytest tests -q
+# Unit tests run in TEST_WORKERS processes of one thread each (pytest-xdist): small tiny-model
+# forwards do not use two threads well.
+TEST_WORKERS ?= 2
+test: prepare
+	$(MAKE) $(FAST_ARTIFACTS)
+	OMP_NUM_THREADS=1 TOOLATTN_THREADS=1 $(PY) -m pytest tests -q -n $(TEST_WORKERS)
 
 # check recomputes nothing: it refuses artifacts whose inputs changed since they were made.
 check: | $(STAMP)

@@ -56,7 +56,7 @@ PINS = {
         "tool_no_tool_accuracy", "probe_accuracy.embed", "probe_accuracy.L0", "probe_accuracy.L5",
         "probe_accuracy.L11", "probe_accuracy_decision.L11", "first_layer_probe_95", "worst_mlp_layer",
         "worst_mlp_drop", "mlp_ablation_drop.L5", "mlp_zero_ablation_drop.L5", "mlp_ablation_dnll.L5",
-        "flip_rate.L10", "flip_rate.L11", "flip_rate.L12", "null_flip_rate.L11", "flip_rate_whole.L5",
+        "flip_rate.L10", "flip_rate.L11", "flip_rate.L12", "null_flip_rate.L11", "flip_rate_whole.L4",
         "pc1_variance.L11", "pc1_mean_diff_share.L11"]),
     "circuit_neurons": (["gemma-3-270m-tools", "gemma-3-270m", "qwen2.5-coder-1.5b"], [
         "heldout_accuracy", "significant_neurons.count", "control_layer.value", "flip_rate_vs_k_at_control_layer.k1",
