@@ -64,7 +64,7 @@ GEMMA := gemma-3-270m
 RUNS := baseline:$(QWEN) baseline:$(GEMMA) retrieval_heads:$(QWEN) head_knockout:$(QWEN) scaling:$(QWEN) \
         failure_modes:$(QWEN) finetune:$(CHILD) circuit_zones:$(CHILD) circuit_zones:$(GEMMA) circuit_zones:$(QWEN) \
         circuit_neurons:$(CHILD) circuit_neurons:$(GEMMA) circuit_neurons:$(QWEN) bfcl:$(QWEN) bfcl:$(CHILD)
-model_dep = $(if $(filter $(2),$(CHILD)),$(ART)/$(1)/$(CHILD)/finetune/manifest.json,$(call model_stamp,$(2)))
+model_dep = $(if $(filter $(2),$(CHILD)),$(addprefix $(ART)/$(1)/$(CHILD)/finetune/,manifest.json checkpoint/source.json),$(call model_stamp,$(2)))
 finetune_model_dep = $(call model_stamp,$(GEMMA)) $(TEMPLATES)
 # An analysis that reads another's artifacts depends on them (and on its code: shared helpers).
 UPSTREAM_head_knockout := retrieval_heads
@@ -83,6 +83,11 @@ $(ART)/$(1)/$(3)/$(2)/manifest.json: analyses/$(2).py $(LIB) $(DATA) $(call upst
     $(if $(filter finetune,$(2)),$(finetune_model_dep),$(call model_dep,$(1),$(3))) | $(STAMP)
 	$(PY) -m analyses.$(2) --profile $(1) --model $(3)
 endef
+# The child's checkpoint is never published: where a published full run lacks it, it is trained
+# again (the fine-tuning run reuses a checkpoint whose training inputs are unchanged: touched here,
+# so that it is never older than the run that reused it).
+$(ART)/%/$(CHILD)/finetune/checkpoint/source.json: $(ART)/%/$(CHILD)/finetune/manifest.json
+	[ -e $@ ] && touch $@ || $(PY) -m analyses.finetune --profile $* --model $(CHILD)
 run_analysis = $(word 1,$(subst :, ,$(1)))
 run_model = $(word 2,$(subst :, ,$(1)))
 $(foreach p,fast full hub,$(foreach r,$(RUNS),$(eval $(call analysis_rule,$(p),$(call run_analysis,$(r)),$(call run_model,$(r))))))
@@ -126,13 +131,20 @@ test: prepare
 	$(MAKE) $(FAST_ARTIFACTS)
 	OMP_NUM_THREADS=1 TOOLATTN_THREADS=1 $(PY) -m pytest tests -q -n $(TEST_WORKERS)
 
-# check recomputes nothing: it refuses artifacts whose inputs changed since they were made.
+# check recomputes nothing. PROFILE=fast (default): it refuses artifacts whose inputs changed since
+# they were made, then compares them with the pins and renders the paper on them. PROFILE=full: it
+# compares the published artifacts (artifacts/full/, committed) -- or those a `make all` rebuilt in
+# their place -- with the full pins.
 check: | $(STAMP)
+ifeq ($(PROFILE),fast)
 	@stale=; for a in $(FAST_ARTIFACTS); do \
 	  [ ! -e $$a ] || $(MAKE) -s -q $$a || stale="$$stale $${a%/manifest.json}"; done; \
 	if [ -n "$$stale" ]; then echo "error: stale fast artifacts (an input changed, or is missing, since they were made):$$stale;" \
 	  "run \`make fast\` to rebuild them (make check never recomputes)" >&2; exit 2; fi
 	$(PY) -m pytest tests/regression -q
+else
+	TOOLATTN_PIN_PROFILE=$(PROFILE) $(PY) -m pytest tests/regression/test_pins.py -q
+endif
 
 bench: $(call model_stamp,qwen2.5-coder-1.5b) | $(STAMP)
 	$(PY) -m toolattn.bench

@@ -1,4 +1,4 @@
-"""Pinned key numbers of the `fast` profile.
+"""Pinned key numbers of the `fast` profile (and of the published `full` artifacts).
 
 These tests read finished artifacts (``artifacts/fast/<model>/<analysis>/result.json``) and
 compare them with the values stored beside this file (``test_pins/*.csv``); they never
@@ -10,11 +10,14 @@ failing check pass): ``make fast && .venv/bin/python -m pytest tests/regression 
 then review the diff of ``tests/regression/test_pins/`` and commit it with the reason.
 """
 
+import os
+
 import pytest
 
 from toolattn.artifacts import load_result
 
-PROFILE = "fast"
+# `make check PROFILE=full` compares the published full artifacts (artifacts/full/) with their pins.
+PROFILE = os.environ.get("TOOLATTN_PIN_PROFILE", "fast")
 # Accuracies are ratios of counts and CIs use a seeded bootstrap: exact up to float formatting.
 # Attention statistics and probe scores are float32 sums: pinned to 1e-5.
 # Knockout margins are sums of float32 log-probabilities over batched passes: pinned to 1e-4 nats.
@@ -107,7 +110,8 @@ def pinned_numbers(model: str, analysis: str) -> dict:
     try:
         result = load_result(PROFILE, model, analysis)
     except FileNotFoundError as e:
-        pytest.fail(f"{e} (make test builds it; make check only compares)")
+        pytest.fail(f"{e} (" + ("make test builds it; make check only compares)" if PROFILE == "fast" else
+                                f"make all builds it; published {PROFILE} artifacts live in the repository)"))
     out = {}
     for path in PINS[analysis][1] + PINS_EXTRA.get((model, analysis), []):
         m = lookup(result["metrics"], path)
