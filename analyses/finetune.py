@@ -104,6 +104,10 @@ def summarise(run: Run, rows: dict, divergence: list[dict], source: dict, names:
                "train_requests": source["train_requests"], "train_tokens": source["train_tokens"],
                "train_steps": source["steps"],
                "train_threads": source.get("threads"),
+               "learning_rate": source["config"]["lr"],
+               "hyperparameter_search": source.get("selection", []),
+               "validation_tool_requests": source.get("validation_tool_requests", 0),
+               "validation_no_tool_requests": source.get("validation_no_tool_requests", 0),
                "checkpoint_bytes": sum(f.stat().st_size for f in folder.iterdir() if f.is_file()),
                "checkpoint_key": source["key"],
                "final_loss": float(np.mean(losses[-5:])), "first_loss": losses[0],
@@ -119,6 +123,9 @@ def summarise(run: Run, rows: dict, divergence: list[dict], source: dict, names:
                                for r in rs])
     run.write_csv("weight_divergence", divergence)
     run.write_csv("training_curve", [{"step": i + 1, "loss": v} for i, v in enumerate(losses)])
+    if source.get("selection"):
+        run.write_csv("hyperparameter_search", [
+            {k: (v["value"] if isinstance(v, dict) else v) for k, v in c.items()} for c in source["selection"]])
 
     fig, ax = plt.subplots(figsize=(5.5, 3))
     ax.plot(range(1, len(losses) + 1), losses, lw=1, alpha=0.5, label="batch loss")
@@ -166,6 +173,8 @@ def summarise(run: Run, rows: dict, divergence: list[dict], source: dict, names:
     where = folder.relative_to(paths.ROOT) if folder.is_relative_to(paths.ROOT) else folder
     run.result(metrics, base=BASE, format_example=example, checkpoint=str(where))
     run.timing("training", source["seconds"])  # wall clock of the (possibly earlier) training run
+    if source.get("selection"):
+        run.timing("hyperparameter_search", source["search_seconds"])  # every candidate, the chosen one included
     fc, tn = child["forced_choice_accuracy"], child["tool_no_tool_accuracy"]
     print(f"[finetune] {CHILD}: forced {fc['value']:.3f} [{fc['lo']:.3f}, {fc['hi']:.3f}] tool/no-tool "
           f"{tn['value']:.3f} [{tn['lo']:.3f}, {tn['hi']:.3f}]; base forced "

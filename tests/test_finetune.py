@@ -119,3 +119,40 @@ def test_resume_continues_at_saved_step(setup, tmp_path):
     ft.train(straight.model, data, CFG, tok.pad_token_id, progress=False)
     for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_validation_part_is_a_stratified_share_of_the_train_split():
+    requests = load_prompts()
+    fitting, validation = ft.split_validation(requests, 0.2, seed=0)
+    train = [r for r in requests if r.split == "train"]
+    assert {r.id for r in fitting} | {r.id for r in validation} == {r.id for r in train}
+    assert not {r.id for r in fitting} & {r.id for r in validation}
+    for gold in {r.tool for r in train}:
+        n = sum(r.tool == gold for r in train)
+        assert sum(r.tool == gold for r in validation) == round(0.2 * n)
+    assert ft.split_validation(requests, 0.2, seed=0) == (fitting, validation)  # deterministic
+    assert ft.split_validation(requests, 0.2, seed=1)[1] != validation
+
+
+def test_search_keeps_the_candidate_that_scores_best_on_validation(tmp_path, monkeypatch):
+    """With a grid, every candidate is trained on the fitting part only and scored on the validation part;
+    the saved child is the best one, and scoring the saved checkpoint again gives its recorded validation score."""
+    monkeypatch.setenv("TOOLATTN_ARTIFACTS", str(tmp_path))
+    cfg = dict(CFG, grid={"lr": [1e-3, 3e-2]}, validation_share=0.1, batch_size=8)
+    del cfg["lr"]
+    folder = ft.ensure_child("fast", cfg, progress=False, base="tiny-gemma3")
+    source = ft.read_source(folder)
+    search = source["selection"]
+    assert [c["lr"] for c in search] == [1e-3, 3e-2] and sum(c["chosen"] for c in search) == 1
+    best = max(search, key=lambda c: c["score"])
+    assert best["chosen"] and source["config"]["lr"] == best["lr"]
+    assert sorted(p.name for p in tmp_path.glob("fast/*/finetune/*")) == ["checkpoint"]  # candidates removed
+    _, validation = ft.split_validation(load_prompts(), 0.1, seed=0)
+    assert source["train_requests"] <= 470 - len(validation)
+    assert source["validation_tool_requests"] + source["validation_no_tool_requests"] == len(validation)
+    child = load_model("gemma-3-270m-tools", local_path=folder)
+    again = ft.validation_scores(child, validation, batch_size=8)
+    assert again["score"] == pytest.approx(best["score"], abs=1e-9)
+    stamp = (folder / "source.json").stat().st_mtime_ns
+    assert ft.ensure_child("fast", cfg, progress=False, base="tiny-gemma3") == folder  # reused, not retrained
+    assert (folder / "source.json").stat().st_mtime_ns == stamp

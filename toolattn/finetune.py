@@ -35,9 +35,13 @@ batches of similar length, right-padded; AdamW (no weight decay), linear warm-up
 decay, gradient clipping. The run saves its trainable weights, optimizer and step every
 ``save_every`` steps to ``resume-<key>/`` beside the checkpoint, and resumes from there.
 
-Hyperparameters (``[fast.finetune]``, ``[full.finetune]`` in ``profiles.toml``) were set before
-any evaluation and are not tuned on held-out requests; choosing them belongs on a validation part of
-the train split.
+Hyperparameters (``[fast.finetune]``, ``[full.finetune]`` in ``profiles.toml``) are never tuned on
+held-out requests. A profile with a ``grid`` (e.g. ``{lr = [1e-4, 3e-4]}``) chooses among its
+candidates on a validation part of the train split: ``validation_share`` of each core tool's train
+requests, and of the no-tool ones, are set aside (seeded); every candidate is trained on examples
+built from the rest and scored on the validation requests (forced choice over the core tools, and
+the tool / no-tool decision; the score is their mean, ties go to the earlier candidate); the best
+one is the child. A profile without a grid trains its one configuration on the whole train split.
 
 Checkpoint. ``tuned_checkpoint("gemma-3-270m-tools", profile)``: safetensors, the tokenizer
 with the template, and ``source.json`` (``sha256``: hash of the training examples, the training
@@ -48,6 +52,7 @@ training curve). Written to a temporary folder and renamed; reused while the has
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -64,10 +69,11 @@ from tqdm.auto import tqdm
 
 from .datasets import Request, load_prompts
 from .device import model_device
-from .models import get_spec, load_model, tuned_checkpoint
+from .models import LoadedModel, get_spec, load_model, tuned_checkpoint
 from .prompts import PromptFormatter
-from .scoring import decoder_parts
-from .tools import Tool, load_catalog, tool_list
+from .scoring import ToolChoiceEngine, decoder_parts
+from .stats import proportion
+from .tools import Tool, core_tools, load_catalog, tool_list
 
 CHILD, BASE = "gemma-3-270m-tools", "gemma-3-270m"
 FORMAT_VERSION = 1
@@ -83,6 +89,7 @@ NO_TOOL_REPLIES = (
 # The profile keys that change the trained weights (the rest only change the evaluation).
 TRAIN_KEYS = ("train_examples", "no_tool_share", "min_tools", "max_tools", "epochs", "train_batch_size", "lr",
               "warmup_steps", "grad_clip", "seed")
+SEARCH_KEYS = ("grid", "validation_share")  # the hyperparameter search, part of the key where a profile has one
 IGNORE = -100  # label of tokens that carry no loss
 
 
@@ -155,6 +162,38 @@ def build_examples(requests: list[Request], n: int, no_tool_share: float, min_to
         out.append(Example(r.id, r.text, tuple(t.name for t in tools), r.tool, reply))
     rng.shuffle(out)
     return out
+
+
+def split_validation(requests: list[Request], share: float, seed: int) -> tuple[list[Request], list[Request]]:
+    """The train split's requests parted into ``(fitting, validation)``: ``share`` of each core tool's train
+    requests, and of the no-tool ones, go to validation (seeded). Held-out requests are in neither."""
+    train = [r for r in requests if r.split == "train"]
+    rng = random.Random(seed * 7919 + 17)
+    chosen = set()
+    for gold in sorted({r.tool or "" for r in train}):
+        ids = sorted(r.id for r in train if (r.tool or "") == gold)
+        rng.shuffle(ids)
+        chosen |= set(ids[: round(share * len(ids))])
+    return [r for r in train if r.id not in chosen], [r for r in train if r.id in chosen]
+
+
+def candidates(cfg: dict) -> list[dict]:
+    """The training configurations to choose from: ``cfg`` with each combination of ``cfg["grid"]`` (in
+    the grid's order, its keys sorted), or ``cfg`` itself when it has no grid."""
+    grid = cfg.get("grid") or {}
+    keys = sorted(grid)
+    return [dict(cfg, **dict(zip(keys, values))) for values in itertools.product(*(grid[k] for k in keys))] or [cfg]
+
+
+def validation_scores(lm: LoadedModel, requests: list[Request], batch_size: int = 16) -> dict:
+    """A candidate on validation requests, the core tools declared: forced-choice accuracy on the tool
+    requests, tool / no-tool accuracy on all, and ``score``, their mean (Wilson intervals)."""
+    choices = ToolChoiceEngine(lm, batch_size=batch_size, progress=False).score([r.text for r in requests],
+                                                                                core_tools())
+    forced = proportion([c.choice == r.tool for c, r in zip(choices, requests) if r.tool])
+    decided = proportion([c.decides_tool == bool(r.tool) for c, r in zip(choices, requests)])
+    return {"forced_choice_accuracy": forced, "tool_no_tool_accuracy": decided,
+            "score": (forced["value"] + decided["value"]) / 2}
 
 
 def encode_example(formatter: PromptFormatter, ex: Example, catalog: list[Tool]) -> tuple[list[int], int]:
@@ -279,8 +318,9 @@ def train(model, data: list[tuple[list[int], int]], cfg: dict, pad_id: int, stat
 
 def training_key(examples: list[Example], cfg: dict, base_sha256: str) -> str:
     """sha256 of everything that determines the child's weights."""
+    config = {k: cfg[k] for k in TRAIN_KEYS + SEARCH_KEYS if k in cfg}
     blob = json.dumps({"format": FORMAT_VERSION, "template": TEMPLATE_FILE.read_text(encoding="utf-8"),
-                       "config": {k: cfg[k] for k in TRAIN_KEYS}, "examples": [asdict(e) for e in examples],
+                       "config": config, "examples": [asdict(e) for e in examples],
                        "base_sha256": base_sha256}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -308,32 +348,87 @@ def save_checkpoint(model, tokenizer, folder: Path, source: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def ensure_child(profile: str, cfg: dict, progress: bool = True) -> Path:
+def ensure_child(profile: str, cfg: dict, progress: bool = True, base: str = BASE) -> Path:
     """The child's checkpoint for ``profile``: reused when its key matches, else trained (resuming an
-    interrupted run) and saved."""
+    interrupted run; with a ``grid``, every candidate, then the one that scores best on validation) and saved.
+    ``base``: the registry model to tune (a tiny one in tests)."""
     folder = tuned_checkpoint(CHILD, profile)
     catalog = load_catalog()
-    examples = build_examples(load_prompts(), cfg["train_examples"], cfg["no_tool_share"], cfg["min_tools"],
+    requests = load_prompts()
+    runs = candidates(cfg)
+    searching = len(runs) > 1
+    if searching:
+        fitting, validation = split_validation(requests, cfg["validation_share"], cfg["seed"])
+    else:
+        fitting, validation = requests, []
+    examples = build_examples(fitting, cfg["train_examples"], cfg["no_tool_share"], cfg["min_tools"],
                               cfg["max_tools"], cfg["seed"], catalog)
-    key = training_key(examples, cfg, get_spec(BASE).sha256)
+    base_sha = get_spec(base).sha256
+    key = training_key(examples, cfg, base_sha)
     if read_source(folder).get("sha256") == key and (folder / "config.json").exists():
         return folder
-    base = load_model(BASE, dtype=torch.float32)  # trained in float32 on any device (AdamW on bf16 weights loses updates)
-    tok = child_tokenizer(base.tokenizer)
+    tok = child_tokenizer(load_model(base, dtype=torch.float32, device="cpu").tokenizer)
     formatter = PromptFormatter(tok, "chat", "gemma3")
     data = [encode_example(formatter, ex, catalog) for ex in examples]
-    state_dir = folder.with_name(f"resume-{key[:16]}")
-    out = train(base.model, data, cfg, tok.pad_token_id, state_dir, progress=progress)
-    source = {"sha256": key, "key": key[:16], "base": BASE, "base_sha256": get_spec(BASE).sha256,
-              "format_version": FORMAT_VERSION, "config": {k: cfg[k] for k in TRAIN_KEYS},
-              "train_examples": len(examples), "train_tokens": sum(len(ids) for ids, _ in data),
-              "train_reply_tokens": sum(len(ids) - n for ids, n in data),
-              "no_tool_examples": sum(ex.gold is None for ex in examples),
-              "train_requests": len({ex.request_id for ex in examples}),
-              "steps": out["steps"], "seconds": out["seconds"], "losses": out["losses"],
-              "threads": torch.get_num_threads()}
-    save_checkpoint(base.model, tok, folder, source)
-    shutil.rmtree(state_dir, ignore_errors=True)
+
+    def source_of(c: dict, ckey: str, out: dict) -> dict:
+        return {"sha256": ckey, "key": ckey[:16], "base": base, "base_sha256": base_sha,
+                "format_version": FORMAT_VERSION, "config": {k: c[k] for k in TRAIN_KEYS},
+                "train_examples": len(examples), "train_tokens": sum(len(ids) for ids, _ in data),
+                "train_reply_tokens": sum(len(ids) - n for ids, n in data),
+                "no_tool_examples": sum(ex.gold is None for ex in examples),
+                "train_requests": len({ex.request_id for ex in examples}),
+                "steps": out["steps"], "seconds": out["seconds"], "losses": out["losses"],
+                "threads": torch.get_num_threads()}
+
+    def fit(c: dict, ckey: str, into: Path) -> dict:
+        """Train candidate ``c`` from the base and save it to ``into``; returns its source."""
+        lm = load_model(base, dtype=torch.float32)  # float32 on any device (AdamW on bf16 weights loses updates)
+        state_dir = folder.with_name(f"resume-{ckey[:16]}")
+        out = train(lm.model, data, c, tok.pad_token_id, state_dir, progress=progress)
+        source = source_of(c, ckey, out)
+        if validation:
+            scores = validation_scores(LoadedModel(get_spec(CHILD), lm.model, tok, {}), validation,
+                                       cfg.get("batch_size", 16))
+            source["validation"] = scores
+        save_checkpoint(lm.model, tok, into, source)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        return source
+
+    if not searching:
+        fit(cfg, key, folder)
+        return folder
+    # The search: each candidate trained and scored once (its folder kept until the choice is made).
+    found = []
+    for i, c in enumerate(runs):
+        ckey = training_key(examples, c, base_sha)
+        cdir = folder.with_name(f"candidate-{ckey[:16]}")
+        source = read_source(cdir)
+        if not (source.get("sha256") == ckey and (cdir / "config.json").exists()):
+            if progress:
+                print(f"[finetune] candidate {i + 1}/{len(runs)}: " + ", ".join(f"{k} = {c[k]}" for k in sorted(cfg["grid"])))
+            source = fit(c, ckey, cdir)
+        found.append((c, cdir, source))
+    best = max(range(len(found)), key=lambda i: (found[i][2]["validation"]["score"], -i))
+    c, cdir, chosen = found[best]
+    selection = [{**{k: cc[k] for k in sorted(cfg["grid"])}, "key": s["key"], "seconds": s["seconds"],
+                  "steps": s["steps"], "final_loss": sum(s["losses"][-5:]) / len(s["losses"][-5:]),
+                  **{m: s["validation"][m] for m in ("forced_choice_accuracy", "tool_no_tool_accuracy", "score")},
+                  "chosen": j == best}
+                 for j, (cc, _, s) in enumerate(found)]
+    source = dict(chosen, sha256=key, key=key[:16], candidate_key=chosen["key"], selection=selection,
+                  grid=cfg["grid"], validation_share=cfg["validation_share"],
+                  validation_tool_requests=sum(bool(r.tool) for r in validation),
+                  validation_no_tool_requests=sum(not r.tool for r in validation),
+                  search_seconds=sum(s["seconds"] for _, _, s in found))
+    (cdir / "source.json").write_text(json.dumps(source, indent=1))
+    old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        folder.rename(old)
+    cdir.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    for _, other, _ in found:
+        shutil.rmtree(other, ignore_errors=True)
     return folder
 
 
