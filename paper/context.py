@@ -353,6 +353,38 @@ class Context:
         keys = sorted({k for c in configs.values() for k in c})
         return [{"Setting": code(k), **{m: c.get(k, "") for m, c in configs.items()}} for k in keys]
 
+    def plan_sizes(self) -> list[dict]:
+        """Each run's size against the reference plan's (``paper/plan.toml``), for the analyses of this profile:
+        ``{analysis, model, what, plan, run, source, plan_halfwidth, run_halfwidth}`` (half-widths of the widest
+        95% Wilson interval, at a proportion of one half, for counts of requests; else None)."""
+        import tomllib
+
+        from toolattn.stats import wilson
+
+        def halfwidth(n):
+            if not n:
+                return None
+            lo, hi = wilson(n // 2, n)
+            return (hi - lo) / 2
+
+        sizes = tomllib.loads((paths.PAPER / "plan.toml").read_text(encoding="utf-8"))["size"]
+        rows = []
+        for s in sizes:
+            for m in self.models(s["analysis"]):
+                if "metric" in s:
+                    n = self.metric(m, s["analysis"], s["metric"], None)
+                    n = n.get("n") if isinstance(n, dict) else n
+                else:
+                    n = (self.manifest(m, s["analysis"]).get("config") or {}).get(s["config"])
+                    n = len(n) if isinstance(n, list) else n
+                if n is None:
+                    continue
+                wide = s.get("requests", False)
+                rows.append({"analysis": s["analysis"], "model": m, "what": s["what"], "plan": s["plan"], "run": n,
+                             "source": s["source"], "plan_halfwidth": halfwidth(s["plan"]) if wide else None,
+                             "run_halfwidth": halfwidth(n) if wide else None})
+        return rows
+
     def date(self) -> str:
         """The newest manifest date, so an unchanged set of artifacts gives an unchanged paper."""
         dates = sorted(str(r["manifest"].get("created", ""))[:10] for r in self.runs())
@@ -408,7 +440,7 @@ class Context:
             profile=self.profile, section=section, requires=section.get("requires", []),
             has=self.has, result=self.result, manifest=self.manifest, metric=self.metric, timing=self.timing,
             table=self.table, models=self.models, runs=self.runs, inputs=self.inputs,
-            versions=self.versions, config_rows=self.config_rows,
+            versions=self.versions, config_rows=self.config_rows, plan_sizes=self.plan_sizes,
             figure=self.figure, tbl=self.tbl, ref=self.ref,
             pct=pct, num=num, ci=ci, secs=secs, short=short, code=code, md=md, value=value,
             claims=lambda: claims.evaluate(self, self.claims_list),

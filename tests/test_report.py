@@ -354,3 +354,21 @@ def test_templates_type_no_numbers():
         prose = re.sub(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}|`[^`]*`", " ", path.read_text(), flags=re.S)
         words = {w.strip(".,;:()") for w in prose.split() if re.search(r"\d", w)}
         assert words <= allowed, f"{path.name} types numbers: {sorted(words - allowed)}"
+
+
+def test_plan_sizes_compare_a_run_with_the_plan(tmp_path, monkeypatch):
+    """A run smaller than the plan is listed with both sizes and the widest Wilson half-width each buys."""
+    from toolattn.stats import wilson
+
+    monkeypatch.setenv("TOOLATTN_ARTIFACTS", str(tmp_path))
+    folder = tmp_path / "full" / MODEL / "head_knockout"
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"metrics": {"clean_accuracy": metric(0.96, 0.87, 0.99, 50)}}))
+    (folder / "manifest.json").write_text(json.dumps({"config": {"n_random_sets": 20}}))
+    rows = {r["what"]: r for r in Context("full", tmp_path / "build").plan_sizes()}
+    assert set(rows) == {"requests per knockout condition", "random head sets (controls)"}  # no other analysis ran
+    requests = rows["requests per knockout condition"]
+    assert (requests["plan"], requests["run"], requests["model"]) == (500, 50, MODEL)
+    lo, hi = wilson(25, 50)
+    assert requests["run_halfwidth"] == pytest.approx((hi - lo) / 2) and requests["plan_halfwidth"] < (hi - lo) / 2
+    assert rows["random head sets (controls)"]["run"] == 20 and rows["random head sets (controls)"]["run_halfwidth"] is None
