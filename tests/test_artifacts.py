@@ -89,3 +89,22 @@ def test_profiles():
     assert load_profile("fast")["baseline"]["n_per_tool"] < load_profile("full")["baseline"]["n_per_tool"]
     with pytest.raises(KeyError, match="known profiles"):
         load_profile("nope")
+
+
+@pytest.mark.parametrize("profile", ["fast", "full", "hub"])
+def test_per_model_settings_override_known_keys(profile):
+    """A per-model entry may only change a setting its analysis has (a misspelt key would be ignored),
+    and a fine-tuning grid only searches settings of the training run, with a validation part to choose on."""
+    from toolattn.finetune import TRAIN_KEYS
+
+    prof = load_profile(profile)
+    for analysis, table in prof.items():
+        if not isinstance(table, dict):
+            continue
+        for model, override in table.get("per_model", {}).items():
+            unknown = set(override) - set(table)
+            assert not unknown, f"[{profile}.{analysis}.per_model.{model}] sets unknown keys {sorted(unknown)}"
+    ft = prof.get("finetune")
+    if ft and "grid" in ft:
+        assert set(ft["grid"]) <= set(TRAIN_KEYS) and 0 < ft["validation_share"] < 1
+        assert all(k in ft or k in ft["grid"] for k in TRAIN_KEYS if k != "seed")
