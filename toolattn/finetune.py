@@ -395,8 +395,8 @@ def ensure_child(profile: str, cfg: dict, progress: bool = True, base: str = BAS
         shutil.rmtree(state_dir, ignore_errors=True)
         return source
 
-    if not searching:
-        fit(cfg, key, folder)
+    if not searching:  # one configuration (a grid of one value included): nothing to choose
+        fit(runs[0], key, folder)
         return folder
     # The search: each candidate trained and scored once (its folder kept until the choice is made).
     found = []
