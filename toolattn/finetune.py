@@ -341,10 +341,16 @@ def save_checkpoint(model, tokenizer, folder: Path, source: dict) -> None:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "source.json").write_text(json.dumps(source, indent=1))
+    move_into_place(tmp, folder)
+
+
+def move_into_place(new: Path, folder: Path) -> None:
+    """Rename the finished folder ``new`` to ``folder``, replacing what was there (the old one is moved
+    aside first and removed after)."""
     old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
     if folder.exists():
         folder.rename(old)
-    tmp.rename(folder)
+    new.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -422,11 +428,7 @@ def ensure_child(profile: str, cfg: dict, progress: bool = True, base: str = BAS
                   validation_no_tool_requests=sum(not r.tool for r in validation),
                   search_seconds=sum(s["seconds"] for _, _, s in found))
     (cdir / "source.json").write_text(json.dumps(source, indent=1))
-    old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        folder.rename(old)
-    cdir.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    move_into_place(cdir, folder)
     for _, other, _ in found:
         shutil.rmtree(other, ignore_errors=True)
     return folder
