@@ -48,7 +48,7 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
     requests = select(load_prompts(), split=split, n_per_tool=cfg["n_per_tool"], n_no_tool=cfg["n_no_tool"],
                       seed=cfg["seed"])
     tools = core_tools()
-    lm = load_model(model)
+    lm = load_model(model, profile=profile)
     engine = ToolChoiceEngine(lm, batch_size=cfg["batch_size"])
     inputs = {"data/prompts.json": sha256_file(paths.PROMPTS_FILE), "data/tools.json": sha256_file(paths.TOOLS_FILE),
               **lm.files}

@@ -97,7 +97,7 @@ def run(profile: str, model: str, cfg: dict | None = None) -> None:
         inputs.update({"data/prompts.json": sha256_file(paths.PROMPTS_FILE), "data/tools.json": sha256_file(paths.TOOLS_FILE)})
     folder = bfcl.ensure_data()
     inputs.update({f"bfcl/{name}": sha256_file(folder / name) for name in bfcl.FILES})
-    lm = load_model(model)
+    lm = load_model(model, profile=profile)
     dims = model_dims(lm.model)
     L, H = dims["layers"], dims["heads"]
     conditions = [c for c in make_conditions(top, L, H, dict(cfg, n_random_singles=0, keys=["desc"], variants=[]))

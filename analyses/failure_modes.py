@@ -76,7 +76,7 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
     catalog = load_catalog()
     by_name = {t.name: t for t in catalog}
     prompts = {p.id: p for p in load_prompts()}
-    lm = load_model(model)
+    lm = load_model(model, profile=profile)
     engine = ToolChoiceEngine(lm, batch_size=cfg["batch_size"])
     inputs = {"data/prompts.json": sha256_file(paths.PROMPTS_FILE), "data/tools.json": sha256_file(paths.TOOLS_FILE),
               **{f"{u}/{f}": sha256_file(dirs[u] / f) for u, fs in

@@ -88,7 +88,7 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
         rows = [r for r in csv.DictReader(f) if r["half"] == "confirmation" and int(r["order"]) < cfg["n_orders"]]
     by_order = {o: [r for r in rows if int(r["order"]) == o] for o in range(min(cfg["n_orders"], len(orders)))}
     conditions = make_conditions(top, L, H, cfg)
-    lm = load_model(model)
+    lm = load_model(model, profile=profile)
     inputs = {"data/prompts.json": sha256_file(paths.PROMPTS_FILE), "data/tools.json": sha256_file(paths.TOOLS_FILE),
               f"{UPSTREAM}/result.json": sha256_file(up_dir / "result.json"),
               f"{UPSTREAM}/requests.csv": sha256_file(up_dir / "requests.csv"), **lm.files}

@@ -79,7 +79,7 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
     order_of = stratified_groups(gold, cfg["n_orders"], cfg["seed"], salt=1)  # [requests]
     half_of = stratified_groups(gold, 2, cfg["seed"], salt=2)  # [requests]: 0 selection, 1 confirmation
     tool_words = {t.name: content_words(t.name.replace("_", " ") + " " + t.description) for t in core}
-    lm = load_model(model)
+    lm = load_model(model, profile=profile)
     engine = ToolChoiceEngine(lm, batch_size=cfg["batch_size"])
     inputs = {"data/prompts.json": sha256_file(paths.PROMPTS_FILE), "data/tools.json": sha256_file(paths.TOOLS_FILE),
               **lm.files}

@@ -76,7 +76,7 @@ def run(profile: str, model: str, prof: dict | None = None) -> None:
     ko_ids = knockout_subset(lists, cfg)
     conditions = [c for c in make_conditions(top, L, H, dict(cfg, n_random_singles=0, keys=["desc"], variants=[]))
                   if c["kind"] in ("joint", "random_set")] if top else []
-    lm = load_model(model)
+    lm = load_model(model, profile=profile)
     engine = ToolChoiceEngine(lm, batch_size=cfg["batch_size"])
     inputs = {"data/prompts.json": sha256_file(paths.PROMPTS_FILE), "data/tools.json": sha256_file(paths.TOOLS_FILE),
               f"{UPSTREAM}/result.json": sha256_file(up_dir / "result.json"),

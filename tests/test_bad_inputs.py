@@ -174,7 +174,7 @@ def test_local_folder_problems_name_the_variable_and_never_advise_deleting(kind,
 def test_local_folder_of_the_tuned_child(tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLATTN_LOCAL_GEMMA_3_270M_TOOLS", str(tmp_path / "nowhere"))
     with pytest.raises(ModelError, match="TOOLATTN_LOCAL_GEMMA_3_270M_TOOLS=.*no such folder") as e:
-        models.load_model("gemma-3-270m-tools")
+        models.load_model("gemma-3-270m-tools", profile="fast")
     assert "trained yet" not in str(e.value) and "delete" not in str(e.value)
 
 
@@ -184,7 +184,7 @@ def test_damaged_checkpoint_names_the_make_target(tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     with pytest.raises(ModelError, match=r"fine-tuned checkpoint .*no model weights.*make finetune PROFILE=fast"):
-        models.load_model("gemma-3-270m-tools")
+        models.load_model("gemma-3-270m-tools", profile="fast")
 
 
 def test_truncated_user_weights_are_named(tmp_path):

@@ -166,3 +166,16 @@ def test_analysis_without_heads_needs_no_phase_1(bfcl_wheel):
     m = json.loads((bfcl_wheel / "smoke" / "tiny-gemma3" / "bfcl" / "result.json").read_text())["metrics"]
     assert "selector" not in m and "knockout" not in m
     assert m["irrelevance_call_rate"]["n"] == 4 and m["tool_call_rate"]["n"] == 10
+
+
+def test_the_tuned_child_is_the_one_of_the_run_profile(bfcl_wheel, monkeypatch):
+    """Each profile trains its own child: a run of profile P loads P's checkpoint, never another's."""
+    asked = {}
+
+    def fake_load(name, **kw):
+        asked.update(kw, name=name)
+        raise RuntimeError("stop after loading")
+    monkeypatch.setattr(ab, "load_model", fake_load)
+    with pytest.raises(RuntimeError, match="stop after loading"):
+        ab.run("full", "gemma-3-270m-tools", dict(CFG, heads=False, knockout_requests=0))
+    assert asked == {"name": "gemma-3-270m-tools", "profile": "full"}

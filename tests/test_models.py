@@ -44,6 +44,14 @@ def test_corrupt_weights_name_the_file(tmp_path, monkeypatch):
 def test_untrained_child_names_the_make_target(tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLATTN_ARTIFACTS", str(tmp_path))
     with pytest.raises(ModelError, match="make finetune"):
+        load_model("gemma-3-270m-tools", profile="fast")
+
+
+def test_the_child_needs_its_profile_named(tmp_path, monkeypatch):
+    """A tuned child exists once per profile; loading one without naming the profile is refused
+    (a default would load another profile's child)."""
+    monkeypatch.setenv("TOOLATTN_ARTIFACTS", str(tmp_path))
+    with pytest.raises(ModelError, match="profile="):
         load_model("gemma-3-270m-tools")
 
 

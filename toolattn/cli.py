@@ -62,7 +62,7 @@ def steer(args) -> None:
     if not (folder / "steerer.json").exists():
         raise ModelError(f"no steerer for {args.model} in {folder}; run `make fast` (or python -m "
                          f"analyses.circuit_neurons --profile {args.profile} --model {args.model}) first, or pass --steerer")
-    steerer = Steerer.load(folder, load_model(args.model))
+    steerer = Steerer.load(folder, load_model(args.model, profile=args.profile))
     out = steerer.predict(args.prompt, mode=args.mode, kill_switch=args.kill_switch, steer_to=args.steer_to,
                           alpha=args.alpha, max_new_tokens=args.max_new_tokens)
     alpha = steerer.alpha if args.alpha is None else args.alpha

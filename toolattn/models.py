@@ -112,11 +112,12 @@ def local_env(name: str) -> str:
 
 
 def load_model(name: str, local_path: str | Path | None = None, dtype=None,
-               profile: str = "fast", device=None) -> LoadedModel:
+               profile: str | None = None, device=None) -> LoadedModel:
     """Load a registry model in eval mode, on the run's device and dtype (``toolattn.device``).
 
     ``local_path`` overrides where a hub (or tuned) model comes from; ``profile`` picks which
-    training run of a tuned child to load (``artifacts/<profile>/<name>/finetune/checkpoint``);
+    training run of a tuned child to load (``artifacts/<profile>/<name>/finetune/checkpoint``) and
+    has no default: each profile trains its own child, so loading one needs the profile named;
     ``device`` / ``dtype`` override the run's setting (``"map"``: spread over every GPU).
     """
     spec = get_spec(name)
@@ -138,6 +139,9 @@ def load_model(name: str, local_path: str | Path | None = None, dtype=None,
         model, tok = _from_folder(folder, dtype, device)
         files = {spec.source: spec.sha256}
     elif spec.kind == "tuned":
+        if not local_path and profile is None:
+            raise ModelError(f"{spec.name} is trained once per profile: name the profile whose fine-tuning run "
+                             f"to load (load_model({spec.name!r}, profile=...)), or pass local_path")
         folder = Path(local_path) if local_path else tuned_checkpoint(spec.name, profile)
         if not local_path and not (folder / "config.json").exists():
             raise ModelError(f"{spec.name} has not been trained yet for the {profile} profile ({folder} is missing);"
