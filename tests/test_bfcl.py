@@ -159,6 +159,21 @@ def test_to_tool_records_unknown_types_and_rejects_bad_functions():
             bfcl.to_tool(bad)
 
 
+def test_the_child_format_declares_untyped_and_union_parameters():
+    """BFCL's "any" drops a parameter's type and a list of types stays a list (JSON Schema); the tuned
+    child's template, which writes a type per parameter, declares them as "any" and "a or b"."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from toolattn.finetune import TEMPLATE_FILE
+
+    tool, unknown = bfcl.to_tool(fn("a.b", params={"type": "dict", "properties": {
+        "x": {"type": "any", "description": "anything"}, "y": {"type": ["string", "integer"]}, "z": {"type": "str"}}}))
+    assert unknown == [] and "type" not in tool.parameters["properties"]["x"]
+    out, _ = render_jinja_template(conversations=[[{"role": "user", "content": "hi"}]], tools=[tool.schema()],
+                                   chat_template=TEMPLATE_FILE.read_text(), add_generation_prompt=True, bos_token="")
+    assert "a.b: Does a thing. (x: any, y: string or integer, z: string)\n" in out[0]
+
+
 # -- loading -------------------------------------------------------------------------------------
 
 def test_load_keeps_good_requests_and_names_every_exclusion(data_folder):
