@@ -61,6 +61,30 @@ def test_rerun_resumes_from_chunks(art):
     assert calls == [0, 1, 0]
 
 
+def test_a_failing_chunk_is_named_and_the_finished_ones_kept(art):
+    """An error while computing a chunk says which chunk (the input) failed; earlier chunks stay."""
+    def work(n):
+        if n == "bad":
+            raise KeyError("no such field")
+        return n
+    with pytest.raises(KeyError) as e:
+        with Run("fast", "m", "demo", {}, {}) as run:
+            run.chunks(["ok", "bad"], work)
+    assert any("'bad'" in note and "rerun the same command" in note for note in e.value.__notes__)
+    assert [p.name.split(".")[0] for p in (art / "fast" / "m" / "demo" / "chunks").iterdir()] == ["ok"]
+
+
+def test_an_expected_failure_in_a_chunk_is_one_line_naming_the_chunk(art, capsys):
+    from toolattn.errors import cli_errors
+
+    with pytest.raises(SystemExit) as e, cli_errors():
+        with Run("fast", "m", "demo", {}, {}) as run:
+            run.chunks(["bad"], lambda n: {}[n])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: bad [toolattn] while computing chunk 'bad'"), err
+
+
 def test_code_edited_during_a_run_keeps_its_chunk_key(art, monkeypatch):
     """The chunk key is fixed when the run starts: an edit of the library while it runs does not split its
     chunks between two keys (the run finishes; a later run with the new code recomputes them)."""

@@ -215,7 +215,12 @@ class Run:
                 return json.loads(path.read_text(encoding="utf-8"))
             except (ValueError, OSError) as e:  # a damaged chunk is a cache miss, not a failure
                 print(f"[toolattn] {path} is damaged ({type(e).__name__}); recomputing it", flush=True)
-        value = compute()
+        try:
+            value = compute()
+        except Exception as e:  # name the input that failed; the finished chunks stay for a rerun
+            e.add_note(f"[toolattn] while computing chunk {name!r} of {self.dir} (finished chunks are kept: "
+                       "rerun the same command to resume)")
+            raise
         write_json(path, value)
         return value
 

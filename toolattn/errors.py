@@ -21,7 +21,7 @@ def cli_errors():
     except (ModelError, ValueError, KeyError, OSError) as e:
         if os.environ.get("TOOLATTN_DEBUG"):
             raise
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print("error:", one_line(e), *getattr(e, "__notes__", []), file=sys.stderr)  # one line, with the input
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: finished chunks are kept; rerun the same command to resume", file=sys.stderr)
