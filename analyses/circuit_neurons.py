@@ -383,7 +383,7 @@ def tool_to_tool(lm, tools, fs, test, resid_tr, labels, choices_te, layer, scale
     rows = []
     targets = [b for b, _ in enumerate(names) if counts[b] >= cfg["t2t_min_requests"]]
     targets = targets[: cfg["t2t_targets"]] if cfg["t2t_targets"] else targets
-    for b in targets:
+    for b in tqdm(targets, desc="tool to tool", unit="target"):
         target = names[b]
         mine = [i for i in idx if choices_te[i] != target]
         if cfg["t2t_requests"] and len(mine) > cfg["t2t_requests"]:  # a seeded draw of the requests
