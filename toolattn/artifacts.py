@@ -19,6 +19,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 import tomllib
@@ -68,6 +69,16 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
+
+
+def move_into_place(new: Path, folder: Path) -> None:
+    """Rename the finished folder ``new`` to ``folder``, replacing what was there (the old one is moved
+    aside first and removed after), so ``folder`` is never half-written."""
+    old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        folder.rename(old)
+    new.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: Path, obj) -> None:

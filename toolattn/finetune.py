@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .artifacts import move_into_place
 from .datasets import Request, load_prompts
 from .device import model_device
 from .models import LoadedModel, get_spec, load_model, tuned_checkpoint
@@ -342,16 +343,6 @@ def save_checkpoint(model, tokenizer, folder: Path, source: dict) -> None:
     tokenizer.save_pretrained(tmp)
     (tmp / "source.json").write_text(json.dumps(source, indent=1))
     move_into_place(tmp, folder)
-
-
-def move_into_place(new: Path, folder: Path) -> None:
-    """Rename the finished folder ``new`` to ``folder``, replacing what was there (the old one is moved
-    aside first and removed after)."""
-    old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        folder.rename(old)
-    new.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_child(profile: str, cfg: dict, progress: bool = True, base: str = BASE) -> Path:

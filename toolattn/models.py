@@ -29,6 +29,7 @@ import torch
 
 from . import device as devices
 from . import paths
+from .artifacts import move_into_place
 
 QWEN25_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -403,8 +404,7 @@ def ensure_converted(spec: ModelSpec, verify: bool = False) -> Path:
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     write_source(tmp, {"gguf": gguf.name, "gguf_sha256": spec.sha256})  # verified just now
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    move_into_place(tmp, folder)
     print(f"[toolattn] converted {spec.name} in {time.time() - t0:.0f}s -> {folder}", flush=True)
     return folder
 
